@@ -1,0 +1,1 @@
+"""On-disk schema, tokenisation and tf.data input pipelines."""
