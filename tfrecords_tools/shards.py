@@ -1,0 +1,163 @@
+"""Writes image-group records into N shards atomically, with ``dataset_info.json`` beside them.
+
+Shards are written under temporary names and renamed only when every record has been written,
+so an interrupted or failed conversion leaves nothing that a reader would accept.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from lxmert_jax.data import schema
+
+TMP_SUFFIX = ".incomplete"
+
+
+def shard_paths(out_dir: str, split: str, num_shards: int) -> list[str]:
+  return [
+    os.path.join(out_dir, schema.SHARD_PATTERN.format(split=split, index=i, count=num_shards))
+    for i in range(num_shards)
+  ]
+
+
+def find_shards(data_dir: str, split: str) -> list[str]:
+  """Lists the complete shards of ``split`` in ``data_dir``, sorted; raises if there are none."""
+  paths = sorted(glob.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")))
+  paths = [p for p in paths if not p.endswith(TMP_SUFFIX)]
+  if not paths:
+    raise FileNotFoundError(f"no shards of split {split!r} in {data_dir} (expected {split}.tfrecord-*)")
+  return paths
+
+
+class ShardedGroupWriter:
+  """Round-robins encoded image groups over ``num_shards`` TFRecord files.
+
+  Usage::
+
+    with ShardedGroupWriter(out_dir, "train", num_shards=64) as writer:
+      writer.write(images, sentences)
+      writer.info.update(answer_vocab=[...])   # merged into dataset_info.json
+
+  On an exception inside the ``with`` block every temporary shard is deleted and no
+  ``dataset_info.json`` entry is written for the split.
+  """
+
+  def __init__(self, out_dir: str, split: str, num_shards: int = 64, feat_dtype: str = "float16"):
+    import tensorflow as tf
+
+    if num_shards < 1:
+      raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if feat_dtype not in schema.FEATURE_DTYPES:
+      raise ValueError(f"feat_dtype must be one of {sorted(schema.FEATURE_DTYPES)}")
+    os.makedirs(out_dir, exist_ok=True)
+    self.out_dir, self.split, self.feat_dtype = out_dir, split, feat_dtype
+    self.final_paths = shard_paths(out_dir, split, num_shards)
+    for stale in glob.glob(os.path.join(out_dir, f"{split}.tfrecord-*")):
+      os.remove(stale)  # Old shards of this split (maybe another shard count) would mix in.
+    self._writers = [tf.io.TFRecordWriter(p + TMP_SUFFIX) for p in self.final_paths]
+    self.num_groups = self.num_images = self.num_sentences = 0
+    self.feat_dim = self.num_boxes = None
+    self.info: dict = {}
+    self._closed = False
+
+  def write(self, images: Sequence[schema.ImageFeatures], sentences: Sequence[schema.Sentence]):
+    record = schema.encode_group(images, sentences, self.feat_dtype)
+    if self.feat_dim is None:
+      self.feat_dim, self.num_boxes = int(images[0].features.shape[1]), images[0].num_boxes
+    elif (images[0].features.shape[1], images[0].num_boxes) != (self.feat_dim, self.num_boxes):
+      raise ValueError(
+        f"image {images[0].img_id!r}: {images[0].num_boxes} boxes x {images[0].features.shape[1]} "
+        f"dims, but earlier images have {self.num_boxes} x {self.feat_dim}"
+      )
+    self._writers[self.num_groups % len(self._writers)].write(record)
+    self.num_groups += 1
+    self.num_images += len(images)
+    self.num_sentences += len(sentences)
+
+  def abort(self):
+    for w in self._writers:
+      w.close()
+    for p in self.final_paths:
+      if os.path.exists(p + TMP_SUFFIX):
+        os.remove(p + TMP_SUFFIX)
+    self._closed = True
+
+  def close(self):
+    """Renames the shards into place and merges this split into ``dataset_info.json``."""
+    if self._closed:
+      return
+    for w in self._writers:
+      w.close()
+    if self.num_groups == 0:
+      self.abort()
+      raise ValueError(f"split {self.split!r}: no records were written")
+    for p in self.final_paths:
+      os.replace(p + TMP_SUFFIX, p)
+    self._closed = True
+    update_info(
+      self.out_dir,
+      {
+        "schema_version": schema.SCHEMA_VERSION,
+        "feat_dtype": self.feat_dtype,
+        "feat_dim": self.feat_dim,
+        "num_boxes": self.num_boxes,
+      },
+      split={
+        "num_shards": len(self.final_paths),
+        "num_groups": self.num_groups,
+        "num_images": self.num_images,
+        "num_sentences": self.num_sentences,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(sys.argv),
+        **self.info,
+      },
+      split_name=self.split,
+    )
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+    return False
+
+
+def read_info(data_dir: str) -> dict:
+  """Loads ``dataset_info.json``; raises with the path if it is missing or from another schema."""
+  path = os.path.join(data_dir, schema.INFO_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {data_dir} a directory written by tfrecords_tools?")
+  with open(path) as f:
+    info = json.load(f)
+  version = info.get("schema_version")
+  if version != schema.SCHEMA_VERSION:
+    raise ValueError(f"{path}: schema version {version}, this code reads {schema.SCHEMA_VERSION}")
+  return info
+
+
+def update_info(out_dir: str, top: dict, split: dict, split_name: str) -> None:
+  """Merges ``top`` and ``splits[split_name] = split`` into dataset_info.json (atomic replace)."""
+  path = os.path.join(out_dir, schema.INFO_FILE)
+  info = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      info = json.load(f)
+  for key, value in top.items():
+    if key in info and info[key] != value and key != "schema_version":
+      raise ValueError(
+        f"{path}: split {split_name!r} has {key}={value!r} but the directory has {info[key]!r}"
+      )
+    info[key] = value
+  info.setdefault("splits", {})[split_name] = split
+  tmp = path + TMP_SUFFIX
+  with open(tmp, "w") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
