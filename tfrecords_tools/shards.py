@@ -30,7 +30,9 @@ def find_shards(data_dir: str, split: str) -> list[str]:
   paths = sorted(glob.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")))
   paths = [p for p in paths if not p.endswith(TMP_SUFFIX)]
   if not paths:
-    raise FileNotFoundError(f"no shards of split {split!r} in {data_dir} (expected {split}.tfrecord-*)")
+    raise FileNotFoundError(
+      f"no shards of split {split!r} in {data_dir} (expected {split}.tfrecord-*)"
+    )
   return paths
 
 
@@ -59,25 +61,49 @@ class ShardedGroupWriter:
     self.final_paths = shard_paths(out_dir, split, num_shards)
     for stale in glob.glob(os.path.join(out_dir, f"{split}.tfrecord-*")):
       os.remove(stale)  # Old shards of this split (maybe another shard count) would mix in.
+    info = read_raw_info(out_dir)
+    if split in info.get("splits", {}):
+      # Its shards are gone, so its counts must go too (a failed rewrite leaves no split at all).
+      del info["splits"][split]
+      write_info(out_dir, info)
     self._writers = [tf.io.TFRecordWriter(p + TMP_SUFFIX) for p in self.final_paths]
     self.num_groups = self.num_images = self.num_sentences = 0
     self.feat_dim = self.num_boxes = None
-    self.info: dict = {}
+    self.info: dict = {}  # Merged into this split's entry of dataset_info.json.
+    self.top_info: dict = {}  # Merged into the top level; must agree with the other splits.
     self._closed = False
 
   def write(self, images: Sequence[schema.ImageFeatures], sentences: Sequence[schema.Sentence]):
     record = schema.encode_group(images, sentences, self.feat_dtype)
+    self.write_serialized(
+      record,
+      img_ids=[i.img_id for i in images],
+      num_sentences=len(sentences),
+      num_boxes=images[0].num_boxes,
+      feat_dim=int(images[0].features.shape[1]),
+    )
+
+  def write_serialized(
+    self,
+    record: bytes,
+    *,
+    img_ids: Sequence[str],
+    num_sentences: int,
+    num_boxes: int,
+    feat_dim: int,
+  ):
+    """Writes a group already encoded by :func:`schema.encode_group` (e.g. in a worker process)."""
     if self.feat_dim is None:
-      self.feat_dim, self.num_boxes = int(images[0].features.shape[1]), images[0].num_boxes
-    elif (images[0].features.shape[1], images[0].num_boxes) != (self.feat_dim, self.num_boxes):
+      self.feat_dim, self.num_boxes = int(feat_dim), int(num_boxes)
+    elif (feat_dim, num_boxes) != (self.feat_dim, self.num_boxes):
       raise ValueError(
-        f"image {images[0].img_id!r}: {images[0].num_boxes} boxes x {images[0].features.shape[1]} "
+        f"image {img_ids[0]!r}: {num_boxes} boxes x {feat_dim} "
         f"dims, but earlier images have {self.num_boxes} x {self.feat_dim}"
       )
     self._writers[self.num_groups % len(self._writers)].write(record)
     self.num_groups += 1
-    self.num_images += len(images)
-    self.num_sentences += len(sentences)
+    self.num_images += len(img_ids)
+    self.num_sentences += num_sentences
 
   def abort(self):
     for w in self._writers:
@@ -96,28 +122,32 @@ class ShardedGroupWriter:
     if self.num_groups == 0:
       self.abort()
       raise ValueError(f"split {self.split!r}: no records were written")
+    top = {
+      "schema_version": schema.SCHEMA_VERSION,
+      "feat_dtype": self.feat_dtype,
+      "feat_dim": self.feat_dim,
+      "num_boxes": self.num_boxes,
+      **self.top_info,
+    }
+    split = {
+      "num_shards": len(self.final_paths),
+      "num_groups": self.num_groups,
+      "num_images": self.num_images,
+      "num_sentences": self.num_sentences,
+      "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "command": " ".join(sys.argv),
+      **self.info,
+    }
+    try:
+      # Checked before the rename: a split that disagrees with its directory must not appear.
+      merged = merge_info(read_raw_info(self.out_dir), top, split, self.split, self.out_dir)
+    except Exception:
+      self.abort()
+      raise
     for p in self.final_paths:
       os.replace(p + TMP_SUFFIX, p)
     self._closed = True
-    update_info(
-      self.out_dir,
-      {
-        "schema_version": schema.SCHEMA_VERSION,
-        "feat_dtype": self.feat_dtype,
-        "feat_dim": self.feat_dim,
-        "num_boxes": self.num_boxes,
-      },
-      split={
-        "num_shards": len(self.final_paths),
-        "num_groups": self.num_groups,
-        "num_images": self.num_images,
-        "num_sentences": self.num_sentences,
-        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(sys.argv),
-        **self.info,
-      },
-      split_name=self.split,
-    )
+    write_info(self.out_dir, merged)
 
   def __enter__(self):
     return self
@@ -134,7 +164,9 @@ def read_info(data_dir: str) -> dict:
   """Loads ``dataset_info.json``; raises with the path if it is missing or from another schema."""
   path = os.path.join(data_dir, schema.INFO_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {data_dir} a directory written by tfrecords_tools?")
+    raise FileNotFoundError(
+      f"{path} not found: is {data_dir} a directory written by tfrecords_tools?"
+    )
   with open(path) as f:
     info = json.load(f)
   version = info.get("schema_version")
@@ -143,21 +175,47 @@ def read_info(data_dir: str) -> dict:
   return info
 
 
-def update_info(out_dir: str, top: dict, split: dict, split_name: str) -> None:
-  """Merges ``top`` and ``splits[split_name] = split`` into dataset_info.json (atomic replace)."""
+def read_raw_info(out_dir: str) -> dict:
+  """Loads ``dataset_info.json`` as it is, or ``{}`` if there is none yet."""
   path = os.path.join(out_dir, schema.INFO_FILE)
-  info = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      info = json.load(f)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def merge_info(info: dict, top: dict, split: dict, split_name: str, out_dir: str = "") -> dict:
+  """Returns ``info`` with ``top`` merged in and ``splits[split_name] = split``.
+
+  Raises:
+    ValueError: if a top-level value (feature dim, answer vocabulary, ...) differs from the one
+      the directory's other splits were written with.
+  """
+  info = dict(info)
   for key, value in top.items():
     if key in info and info[key] != value and key != "schema_version":
+
+      def shown(v):
+        return repr(v) if len(repr(v)) < 200 else f"{repr(v)[:200]}..."
+
       raise ValueError(
-        f"{path}: split {split_name!r} has {key}={value!r} but the directory has {info[key]!r}"
+        f"{os.path.join(out_dir, schema.INFO_FILE)}: split {split_name!r} has {key}="
+        f"{shown(value)} but the directory has {shown(info[key])}"
       )
     info[key] = value
-  info.setdefault("splits", {})[split_name] = split
+  info["splits"] = {**info.get("splits", {}), split_name: split}
+  return info
+
+
+def write_info(out_dir: str, info: dict) -> None:
+  """Writes ``dataset_info.json`` atomically (temporary name, then rename)."""
+  path = os.path.join(out_dir, schema.INFO_FILE)
   tmp = path + TMP_SUFFIX
   with open(tmp, "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def update_info(out_dir: str, top: dict, split: dict, split_name: str) -> None:
+  """Merges ``top`` and ``splits[split_name] = split`` into dataset_info.json (atomic replace)."""
+  write_info(out_dir, merge_info(read_raw_info(out_dir), top, split, split_name, out_dir))

@@ -310,6 +310,9 @@ def decode_group(serialized, feat_dtype: str = "float16"):
 #   answer_scores                              float32 [B, K]
 #   answer_type, label                         int32   [B]
 #   example_mask                               float32 [B]         (0 = eval padding)
+#   image_index                                int32   [B]         (stable hash of the image id;
+#                                                                   keeps mismatched pairs off
+#                                                                   sentences of the same image)
 MAX_ANSWERS = 10
 BATCH_KEYS = (
   "input_ids",
@@ -326,4 +329,5 @@ BATCH_KEYS = (
   "answer_type",
   "label",
   "example_mask",
+  "image_index",
 )
