@@ -35,6 +35,7 @@ setup(
     "test": [
       "pytest",
       "pytest-xdist",
+      "psutil",
       "torch==2.13.0",
       "transformers",
       "nbclient",

@@ -37,13 +37,14 @@ def clean_batch(
     input_ids[i, :n], attention_mask[i, :n] = body, 1
   answers = rng.integers(0, config.num_qa_labels, size=(batch, 10)).astype(np.int32)
   answers[:, 3:] = -1  # Three answers per question, the rest padding.
+  # Two corners per box, sorted so that x1 <= x2 and y1 <= y2.
   boxes = np.sort(rng.uniform(0, 1, size=(batch, num_boxes, 2, 2)), axis=2)
   return {
     "input_ids": input_ids,
     "attention_mask": attention_mask,
     "token_type_ids": np.zeros_like(input_ids),
     "visual_feats": rng.uniform(0, 3, (batch, num_boxes, config.visual_feat_dim)).astype(np.float32),
-    "visual_pos": boxes.transpose(0, 1, 3, 2).reshape(batch, num_boxes, 4).astype(np.float32),
+    "visual_pos": boxes.reshape(batch, num_boxes, 4).astype(np.float32),  # (x1, y1, x2, y2)
     "obj_labels": rng.integers(0, config.num_object_labels, (batch, num_boxes)).astype(np.int32),
     "obj_confs": rng.uniform(0, 1, (batch, num_boxes)).astype(np.float32),
     "attr_labels": rng.integers(0, config.num_attr_labels, (batch, num_boxes)).astype(np.int32),

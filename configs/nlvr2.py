@@ -1,7 +1,7 @@
-r"""Fine-tune LXMERT on NLVR2 (spec sections 3.2-3.4; original run/nlvr2_finetune.bash).
-
-  python -m lxmert_jax.main --config=configs/nlvr2.py --workdir=/tmp/lxmert_nlvr2 \
+r"""python -m lxmert_jax.main --config=configs/nlvr2.py --workdir=/tmp/lxmert_nlvr2 \
     --config.data.data_dir=data/tfrecords/nlvr2 --config.init_from=/path/to/Epoch20_LXRT.pth
+
+Fine-tune LXMERT on NLVR2 (spec sections 3.2-3.4; original run/nlvr2_finetune.bash).
 
 Settings: train on train, validate on valid (dev); batch 32, BertAdam lr 5e-5 with 10% warm-up,
 clip 5.0, 4 epochs, L = 20. Each example pairs one statement with two images; the head reads

@@ -1,7 +1,7 @@
-r"""LXMERT pretraining (spec sections 2.2-2.7): MLM + matching + object labels/features + QA.
-
-  python -m lxmert_jax.main --config=configs/pretrain.py --workdir=/tmp/lxmert_pretrain \
+r"""python -m lxmert_jax.main --config=configs/pretrain.py --workdir=/tmp/lxmert_pretrain \
     --config.data.data_dir=data/tfrecords/pretrain
+
+LXMERT pretraining (spec sections 2.2-2.7): MLM + matching + object labels/features + QA.
 
 CPU smoke run (tiny model, 20 steps; feature dim and answer table are read from the data):
 
@@ -30,8 +30,9 @@ def get_config(arg=None):
   config.mode = "pretrain"
   config.task = "pretrain"
   config.data.data_dir = arg.data_dir
-  config.data.train_splits = "mscoco_train,mscoco_nominival,vgnococo"
-  config.eval.splits = "mscoco_minival"
+  # As docs/data.md writes them: train = mscoco_train + mscoco_nominival + vgnococo.
+  config.data.train_splits = "train"
+  config.eval.splits = "minival"
   # Original validation batch (single GPU); corruption at eval is random as in the original.
   config.eval.batch_size = 512
   config.eval.best_metric = "loss"

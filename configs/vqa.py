@@ -1,9 +1,10 @@
-r"""Fine-tune LXMERT on VQA v2 (spec sections 3.2-3.5; original run/vqa_finetune.bash).
+r"""python -m lxmert_jax.main --config=configs/vqa.py --workdir=/tmp/lxmert_vqa \
+    --config.data.data_dir=data/tfrecords/vqa --config.init_from=/path/to/Epoch20_LXRT.pth \
+    --config.init_answers=/path/to/all_ans.json
 
-  python -m lxmert_jax.main --config=configs/vqa.py --workdir=/tmp/lxmert_vqa \
-    --config.data.data_dir=data/tfrecords/vqa --config.init_from=/path/to/Epoch20_LXRT.pth
+Fine-tune LXMERT on VQA v2 (spec sections 3.2-3.5; original run/vqa_finetune.bash).
 
-Settings: train on train+nominival, validate on minival; batch 32, BertAdam lr 5e-5 with 10%
+Settings: train on train+nominival (split "train" of docs/data.md), validate on minival; batch 32, BertAdam lr 5e-5 with 10%
 warm-up, clip 5.0, 4 epochs, L = 20. Loss: BCE-with-logits on soft scores times 3129. The QA
 head is rebuilt from the pretrained 9500-answer head by answer string (load_lxmert_qa: 3124 of
 3129 rows transferred). Expected: minival accuracy 69.9 (paper Table 3; README 69.7-70.2),
@@ -19,7 +20,7 @@ def get_config(arg=None):
   """VQA fine-tuning config; ``arg`` = comma list of ``tiny``, ``data_dir=...``."""
   arg = common.parse_arg(arg, tiny=False, data_dir="data/tfrecords/vqa")
   return finetune_config(arg, task="vqa", num_answers=3129, lr=5e-5,
-                         train_splits="train,nominival", eval_splits="minival",
+                         train_splits="train", eval_splits="minival",
                          predict_splits="test", eval_batch_size=1024)
 
 

@@ -31,6 +31,7 @@ from absl import logging
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
+from lxmert_jax import preemption
 from lxmert_jax.models.config import LxmertConfig
 
 PyTree = Any
@@ -396,9 +397,11 @@ def restore_or_initialize(
   Returns:
     ``(state, source)`` with ``source`` one of 'checkpoint', 'init_from', 'fresh'.
   """
-  step = mngr.latest_step()
-  if step is not None:
-    return restore_checkpoint(mngr, step, abstract_state, model_config), "checkpoint"
+  # Newest readable step; damaged ones are moved aside with a warning (preemption.py).
+  restored = preemption.restore_latest_valid(
+    mngr, lambda step: restore_checkpoint(mngr, step, abstract_state, model_config))
+  if restored is not None:
+    return restored, "checkpoint"
   state = init_fn()
   if load_init_params is None:
     logging.info("No checkpoint in %s and no init_from: fresh init.", mngr.directory)

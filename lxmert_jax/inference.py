@@ -156,12 +156,11 @@ class Predictor:
         accepts any number, but the answers come from outside the training distribution).
       dtype: compute dtype passed to ``load_pretrained``.
     """
+    from lxmert_jax.checkpoint import find_checkpoint_step
     from lxmert_jax.pretrained import load_pretrained
 
     if probability not in PROBABILITIES:
       raise ValueError(f"probability must be one of {PROBABILITIES}, got {probability!r}")
-    from lxmert_jax.checkpoint import find_checkpoint_step
-
     directory = checkpoint if isinstance(checkpoint, str | os.PathLike) else None
     self.feature_scaling: dict | None = None
     if directory is not None and find_checkpoint_step(os.fspath(directory)) is not None:
@@ -272,7 +271,9 @@ class Predictor:
     single = isinstance(questions, str)
     questions = [questions] if single else list(questions)
     feats, pos, box_mask = self._visual_batch(visual_feats, visual_pos, len(questions))
-    top_k = max(1, min(int(top_k), len(self.answers)))
+    if top_k < 1:
+      raise ValueError(f"top_k must be >= 1, got {top_k}")
+    top_k = min(int(top_k), len(self.answers))
     ids, lengths = self._tokenize(questions)
     logits, attn = self._run(ids, lengths, feats, pos, box_mask, output_attentions)
     probs = _normalise(logits, self.probability)
@@ -663,28 +664,33 @@ def load_trained_run(workdir: str | os.PathLike) -> TrainedRun:
   mngr.close()
   task = TASK_MODELS[config["task"]]
   model = LxmertPretrained(loaded.model_config, loaded.params, task)
-  data_dir = config.get("data", {}).get("data_dir") or ""
+  data = config.get("data", {})
   run_dir = (
     os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory
   )
-  vocab = [os.path.join(d, "vocab.txt") for d in (run_dir, workdir, data_dir) if d]
-  vocab = next((v for v in vocab if os.path.isfile(v)), None)
+  # The demo publishes vocab.txt and dataset_info.json beside its final checkpoint; a plain
+  # training run finds them in its data directory.
+  search = [d for d in (run_dir, workdir, data.get("data_dir")) if d]
+  vocab = _first_file("vocab.txt", search)
   if vocab is None:
     raise FileNotFoundError(
-      f"no vocab.txt in {run_dir} or the run's data directory {data_dir!r}: copy the "
-      "WordPiece vocabulary the model was trained with to "
+      f"no vocab.txt in {search}: copy the WordPiece vocabulary the model was trained with to "
       f"{os.path.join(run_dir, 'vocab.txt')}"
     )
-  max_len = int(config.get("data", {}).get("max_seq_length") or 20)
   info = {}
-  if data_dir and os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-    with open(os.path.join(data_dir, "dataset_info.json")) as f:
+  if (info_path := _first_file("dataset_info.json", search)) is not None:
+    with open(info_path) as f:
       info = json.load(f)
   return TrainedRun(
     model=model,
     answers=list(loaded.answers or []),
-    tokenizer=WordPieceTokenizer(vocab, max_seq_length=max_len),
+    tokenizer=WordPieceTokenizer(vocab, max_seq_length=int(data.get("max_seq_length") or 20)),
     num_boxes=info.get("num_boxes"),
     feature_scaling=info.get("easy_vqa", {}).get("feature_scaling"),
     source=f"{directory}/{step}",
   )
+
+
+def _first_file(name: str, directories) -> str | None:
+  paths = (os.path.join(d, name) for d in directories)
+  return next((p for p in paths if os.path.isfile(p)), None)

@@ -254,7 +254,8 @@ def load_params_from_orbax(path: str | os.PathLike) -> tuple[dict, Path]:
       target = {key: target}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     restored = checkpointer.restore(
-      item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+      item,
+      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
     )
     for key in where:
       restored = restored[key]
@@ -290,7 +291,9 @@ def _check_params(params: dict, config: LxmertConfig, task: str, source: str) ->
   flat = traverse_util.flatten_dict(params)
   if task == "backbone" and "lxmert" in params:
     flat = {k[1:]: v for k, v in flat.items() if k[0] == "lxmert"}
-  problems = [f"  missing {'/'.join(k)} {list(v.shape)}" for k, v in expected.items() if k not in flat]
+  problems = [
+    f"  missing {'/'.join(k)} {list(v.shape)}" for k, v in expected.items() if k not in flat
+  ]
   problems += [
     f"  wrong shape {'/'.join(k)}: checkpoint {list(np.shape(flat[k]))}, model expects {list(v.shape)}"
     for k, v in expected.items()
@@ -298,7 +301,9 @@ def _check_params(params: dict, config: LxmertConfig, task: str, source: str) ->
   ]
   problems += [f"  unexpected {'/'.join(k)}" for k in flat if k not in expected]
   if problems:
-    raise WeightLoadError(f"{source} does not fit the LXMERT {task!r} model:\n" + "\n".join(problems))
+    raise WeightLoadError(
+      f"{source} does not fit the LXMERT {task!r} model:\n" + "\n".join(problems)
+    )
   return traverse_util.unflatten_dict({k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 

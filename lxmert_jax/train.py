@@ -33,7 +33,7 @@ from flax import jax_utils
 
 from lxmert_jax import answers as answers_lib
 from lxmert_jax import checkpoint as ckpt
-from lxmert_jax import corruption, evaluate, losses
+from lxmert_jax import corruption, evaluate, losses, preemption, step_log
 from lxmert_jax import train_state as ts
 from lxmert_jax.data import pipeline
 from lxmert_jax.metrics import vqa as vqa_metrics
@@ -492,9 +492,14 @@ class _TrainLogger:
     self.last: dict[str, float] = {}
     self.t0, self.step0 = time.time(), start_step
     self.t_start, self.step_start = self.t0, start_step
+    self.step_log = None  # step_log.StepLog of the run (set by _train).
 
   def add(self, step: int, metrics) -> None:
     self.pending.append((step, metrics))
+
+  def exclude(self, seconds: float) -> None:
+    """Keeps evaluation and checkpoint time out of examples/s and step time."""
+    self.t0 += seconds
 
   def flush(self, step: int, write: bool) -> dict[str, float]:
     """Fetches pending metrics; raises FloatingPointError naming the first bad step."""
@@ -504,12 +509,14 @@ class _TrainLogger:
     steps = [s for s, _ in self.pending]
     self.pending = []
     for s, m in zip(steps, fetched):
-      loss = float(np.asarray(m["loss"])[0])
-      if not math.isfinite(loss):
+      loss, norm = float(np.asarray(m["loss"])[0]), float(np.asarray(m["param_norm"])[0])
+      if not (math.isfinite(loss) and math.isfinite(norm)):
         raise FloatingPointError(
-          f"non-finite training loss ({loss}) at step {s} of {self.phase}; stopping. The last "
-          "checkpoint was written before this step (none is written from NaN params)."
+          f"non-finite training loss ({loss}) or params (norm {norm}) at step {s} of "
+          f"{self.phase}; stopping. Checkpoints were written only before this step."
         )
+    if self.step_log is not None:
+      self.step_log.append(steps, [float(np.asarray(m["loss"])[0]) for m in fetched])
     if not write:
       return self.last
     out = {}
@@ -673,12 +680,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, init_params=None) ->
     if preempted:  # Resume later with the same command; no final evaluation now.
       return TrainResult({"step": step, "preempted": True}, None, setup.model_config,
                          setup.answers)
-    final = evaluator(rstate.params, eval_rng, step, splits=_eval_splits(config),
-                      write_predictions=config.eval.write_predictions)
-    final.update(evaluator(rstate.params, eval_rng, step, splits=_predict_splits(config),
-                           write_predictions=True) if _predict_splits(config) else {})
-    # Predict-only splits have no labels: keep their files, drop their meaningless metrics.
-    final = {k: v for k, v in final.items() if k not in _predict_splits(config)}
+    final = {}
+    for split in _eval_splits(config):
+      final.update(evaluator(rstate.params, eval_rng, step, splits=[split],
+                             write_predictions=config.eval.write_predictions or
+                             split in _predict_splits(config)))
+    # Predict-only splits have no labels: their files are written, their metrics are not kept.
+    predict_only = [s for s in _predict_splits(config) if s not in final]
+    if predict_only:
+      evaluator(rstate.params, eval_rng, step, splits=predict_only, write_predictions=True)
     if config.mode != "eval" and mngr.latest_step() != step:
       _save(mngr, rstate, step, config, setup, final)
   finally:
@@ -740,6 +750,9 @@ def _train(config, setup: RunSetup, rstate, train_rng, eval_rng, mngr, writer, e
   train_iter = prefetch_to_device(pipeline.train_iterator(train_ds),
                                   config.data.prefetch_to_device)
   logger = _TrainLogger(writer, config, setup, phase, start_step)
+  logger.step_log = step_log.StepLog(evaluator.workdir, start_step,
+                                     primary=jax.process_index() == 0)
+  preemption.install()
   hooks = _progress_hooks(config, setup, writer, evaluator.workdir)
   train_metrics, preempted = {}, False
   for step in range(start_step + 1, setup.total_steps + 1):
@@ -752,21 +765,24 @@ def _train(config, setup: RunSetup, rstate, train_rng, eval_rng, mngr, writer, e
     last = step == setup.total_steps
     if is_time(step, config.log_every_steps) or last:
       train_metrics = logger.flush(step, write=True)
-    eval_results = None
-    if is_time(step, setup.eval_every) and not last and _eval_splits(config):
-      logger.flush(step, write=False)
-      eval_results = evaluator(rstate.params, eval_rng, step, splits=_eval_splits(config),
-                               write_predictions=False)
+    do_eval = is_time(step, setup.eval_every) and not last and bool(_eval_splits(config))
     # The last step is saved by run() together with the final eval metrics.
-    preempted = mngr.reached_preemption(step)
-    if (is_time(step, config.checkpoint.every_steps) or eval_results is not None or
-        preempted) and not last:
-      logger.flush(step, write=False)  # Never checkpoint NaN params.
+    preempted = preemption.reached(mngr, step)  # SIGTERM or Orbax's sync point.
+    do_save = preempted or ((is_time(step, config.checkpoint.every_steps) or do_eval) and not last)
+    if do_eval or do_save:
+      logger.flush(step, write=False)  # Waits for the step; never checkpoint NaN params.
+      t_other = time.time()
+      eval_results = None
+      if do_eval:
+        eval_results = evaluator(rstate.params, eval_rng, step, splits=_eval_splits(config),
+                                 write_predictions=False)
       _save(mngr, rstate, step, config, setup, eval_results)
+      logger.exclude(time.time() - t_other)
     if preempted:
       mngr.wait_until_finished()
       logging.warning("[%s] preempted: saved step %d and stopping.", phase, step)
       break
+  preemption.uninstall()
   return rstate, train_metrics, preempted
 
 

@@ -74,7 +74,9 @@ def learning_rate(optim_config: ml_collections.ConfigDict, total_updates: int, s
 def _init_state(rng: PRNGKey, model, model_config: LxmertConfig, task: str, tx) -> TrainState:
   inputs = model_tasks.dummy_inputs(model_config, TASK_MODELS[task])
   params = model.init(rng, *inputs)["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  # A strongly typed step: a weak-typed 0 would make the second pmapped step recompile.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def abstract_train_state(rng: PRNGKey, model, model_config: LxmertConfig, task: str, tx):

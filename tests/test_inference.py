@@ -208,6 +208,8 @@ def test_bad_inputs_raise_clear_errors(predictor):
     predictor.predict(QUESTIONS[0], np.full_like(feats[0], np.nan), pos[0])
   with pytest.raises(ValueError, match="has no boxes"):
     predictor.predict(QUESTIONS[0], feats[0, :0], pos[0, :0])
+  with pytest.raises(ValueError, match="top_k must be >= 1"):
+    predictor.predict(QUESTIONS[0], feats[0], pos[0], top_k=0)
   with pytest.raises(TypeError, match="question 0 must be a string"):
     predictor.predict([3], feats[0], pos[0])
 
@@ -235,13 +237,17 @@ def test_more_boxes_than_trained_warns(predictor, monkeypatch):
     predictor.predict(QUESTIONS[0], feats[0], pos[0])
 
 
-def test_predictor_from_checkpoint_directory(tmp_path, qa_model, answers, vocab_path):
-  save_params_orbax(qa_model, tmp_path / "ckpt")
+@pytest.mark.parametrize("fmt", ["orbax", "transformers"])
+def test_predictor_from_checkpoint_directory(tmp_path, qa_model, answers, vocab_path, fmt):
+  from lxmert_jax.convert.to_hf import save_pretrained_hf
+
+  save = save_params_orbax if fmt == "orbax" else save_pretrained_hf
+  save(qa_model, tmp_path / "ckpt")
   (tmp_path / "ckpt" / "vocab.txt").write_text(open(vocab_path).read())
   (tmp_path / "ckpt" / "answers.json").write_text(json.dumps(answers))
   p = Predictor(str(tmp_path / "ckpt"))
   # Same weights, vocabulary and tokenizer as the in-memory model, hence the same answers.
-  jax.tree.map(np.testing.assert_array_equal, p.loaded.params, qa_model.params)
+  jax.tree.map(np.testing.assert_allclose, p.loaded.params, qa_model.params)
   assert p.answers == answers and p.task == "qa"
   assert p.tokenizer.convert_ids_to_tokens(range(len(VOCAB))) == VOCAB
 

@@ -2,8 +2,13 @@
 
 transformers models with random weights are saved with ``save_pretrained`` (or re-keyed to the
 original ``module.bert.*`` names and ``torch.save``d), loaded with ``load_pretrained`` and run on
-the same padded batch in eval mode. Tolerance 1e-5 (float32; measured ~1e-6 at worst, on the
-LayerNorm-scaled hidden states).
+the same padded batch in eval mode. Tolerance 1e-5 (float32); measured max|diff| is <= 2.1e-6
+on every hidden state, output and logit and <= 4.2e-7 on every attention map.
+
+The weights are NOT transformers' init (N(0, 0.02), zero biases, unit LayerNorms): with it every
+pre-activation is ~0.1, where tanh-GELU and erf-GELU agree to 1e-6 and a swapped bias is
+invisible. ``randomize_weights`` gives O(1) activations and non-trivial biases and LayerNorm
+affines, so that such mistakes exceed the tolerance by orders of magnitude.
 """
 
 import collections
@@ -14,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import traverse_util
 from transformers.models.lxmert import modeling_lxmert
 
 from lxmert_jax.models.config import tiny_config
@@ -31,9 +35,31 @@ HF_CLASSES = {
 }
 
 
+def randomize_weights(model, seed):
+  """O(1) activations: Linear weights N(0, 1/fan_in), biases N(0, 0.2^2), LayerNorm scale
+  N(1, 0.2^2), embeddings N(0, 0.5^2). Tied tables stay tied (same storage)."""
+  gen = torch.Generator().manual_seed(seed)
+
+  def normal_(tensor, mean, std):
+    tensor.copy_(mean + std * torch.randn(tensor.shape, generator=gen))
+
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.Linear):
+        normal_(module.weight, 0.0, module.in_features**-0.5)
+      elif isinstance(module, torch.nn.LayerNorm):
+        normal_(module.weight, 1.0, 0.2)
+      elif isinstance(module, torch.nn.Embedding):
+        normal_(module.weight, 0.0, 0.5)
+      if getattr(module, "bias", None) is not None and isinstance(module.bias, torch.Tensor):
+        normal_(module.bias, 0.0, 0.2)  # incl. the bare MLM bias cls.predictions.bias
+  return model
+
+
 def make_hf_model(task, seed):
   torch.manual_seed(seed)
-  return HF_CLASSES[task](transformers.LxmertConfig(**CONFIG.to_hf_dict())).eval()
+  model = HF_CLASSES[task](transformers.LxmertConfig(**CONFIG.to_hf_dict())).eval()
+  return randomize_weights(model, seed)
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +208,20 @@ def test_every_attention_map(hf_models, loaded, batch):
     lang_to_vision, vision_to_lang = cross
     assert max_diff(ours.cross_encoder_attentions[k], lang_to_vision) <= ATOL
     assert max_diff(ours.cross_encoder_attentions_vision_to_language[k], vision_to_lang) <= ATOL
-    assert max_diff(
-      ours.cross_encoder_language_self_attentions[k],
-      recorded[f"{prefix}.lang_self_att.self"][0],
-    ) <= ATOL
-    assert max_diff(
-      ours.cross_encoder_vision_self_attentions[k],
-      recorded[f"{prefix}.visn_self_att.self"][0],
-    ) <= ATOL
+    assert (
+      max_diff(
+        ours.cross_encoder_language_self_attentions[k],
+        recorded[f"{prefix}.lang_self_att.self"][0],
+      )
+      <= ATOL
+    )
+    assert (
+      max_diff(
+        ours.cross_encoder_vision_self_attentions[k],
+        recorded[f"{prefix}.visn_self_att.self"][0],
+      )
+      <= ATOL
+    )
   assert ours.cross_encoder_attentions_vision_to_language[0].shape == (
     BATCH,
     CONFIG.num_attention_heads,
@@ -211,8 +243,12 @@ def assert_pretraining_close(ours, theirs, visual, pooled):
   diffs.update(
     pooled_output=max_diff(ours.pooled_output, pooled),
     prediction_logits=max_diff(ours.prediction_logits, theirs.prediction_logits),
-    cross_relationship_score=max_diff(ours.cross_relationship_score, theirs.cross_relationship_score),
-    question_answering_score=max_diff(ours.question_answering_score, theirs.question_answering_score),
+    cross_relationship_score=max_diff(
+      ours.cross_relationship_score, theirs.cross_relationship_score
+    ),
+    question_answering_score=max_diff(
+      ours.question_answering_score, theirs.question_answering_score
+    ),
     obj_logits=max_diff(ours.obj_logits, visual["obj"]),
     attr_logits=max_diff(ours.attr_logits, visual["attr"]),
     feat_output=max_diff(ours.feat_output, visual["feat"]),
@@ -253,16 +289,17 @@ def test_original_pth_parity(hf_models, batch, tmp_path):
   ours = load_pretrained(path, config=CONFIG)
   assert ours.task == "pretraining"
   assert ours.load_report.source_format == "original"
-  assert ("module.cls.predictions.decoder.weight", "tied to lxmert.embeddings.word_embeddings.weight") in (
-    ours.load_report.dropped
-  )
+  assert (
+    "module.cls.predictions.decoder.weight",
+    "tied to lxmert.embeddings.word_embeddings.weight",
+  ) in (ours.load_report.dropped)
   theirs, visual, pooled = hf_pretraining_reference(hf_models["pretraining"], batch, True)
   assert_pretraining_close(run_ours(ours, batch, True), theirs, visual, pooled)
 
 
 def test_bfloat16_compute_close_to_float32(loaded, batch):
-  """bf16 matmuls (params float32). Measured max|diff| on this batch: ~0.03 on the MLM logits,
-  ~0.02 on LayerNorm-scaled outputs; tolerance 0.1 absolute leaves a 3x margin, while a wrong
+  """bf16 matmuls (params float32). Measured max|diff| on this batch: ~0.036 on the MLM logits (values up to ~3.3),
+  ~0.03 on LayerNorm-scaled outputs; tolerance 0.1 absolute leaves a 3x margin, while a wrong
   layer gives O(1) differences."""
   fp32 = loaded["pretraining"]
   bf16 = LxmertPretrained(fp32.config, fp32.params, fp32.task, jnp.bfloat16)
@@ -284,32 +321,47 @@ def test_bfloat16_compute_close_to_float32(loaded, batch):
     assert diff <= 0.1, (field, diff)
 
 
-def test_remat_matches_and_dropout_is_seeded(batch):
-  """``config.remat`` changes neither values nor gradients (with dropout on: the recomputed
-  forward must redraw the same masks); dropout follows the 'dropout' rng. One layer per stack
-  keeps the two gradient compiles short."""
-  config = CONFIG.replace(l_layers=1, r_layers=1, x_layers=1)
+def small_backbone(batch, **overrides):
+  """One language layer (same LxmertLayer class as the object layers) and one cross layer."""
+  config = CONFIG.replace(l_layers=1, r_layers=0, x_layers=1, **overrides)
   rng = np.random.default_rng(3)
   params = jax.tree.map(
     lambda s: rng.normal(0.0, 0.2, s.shape).astype(np.float32), param_shapes(config, "backbone")
   )
   args = (batch["input_ids"], batch["visual_feats"], batch["visual_pos"], batch["attention_mask"])
+  return config, params, args
 
-  def loss(params, model, dropout_rng):
+
+def test_remat_wraps_every_layer(batch):
+  """``config.remat`` keeps the param tree and puts each layer under ``jax.checkpoint`` (the
+  ``remat`` primitive); traced only, since equal gradients are JAX's guarantee and compiling two
+  gradients would cost the most time of this file."""
+  config, params, args = small_backbone(batch)
+
+  def loss(params, model):
+    out = model.apply(
+      {"params": params}, *args, deterministic=False, rngs={"dropout": jax.random.key(0)}
+    )
+    return jnp.sum(out.pooled_output**2)
+
+  plain, remat = build_model(config), build_model(config.replace(remat=True))
+  assert jax.tree.structure(param_shapes(config.replace(remat=True), "backbone")) == (
+    jax.tree.structure(param_shapes(config, "backbone"))
+  )
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, remat))
+  assert jaxpr.count("remat") == config.l_layers + config.x_layers  # one per layer
+  assert "remat" not in str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, plain))
+
+
+def test_dropout_is_active_and_seeded(batch):
+  config, params, args = small_backbone(batch)
+  model = build_model(config)
+
+  @jax.jit
+  def pooled(params, dropout_rng):
     out = model.apply({"params": params}, *args, deterministic=False, rngs={"dropout": dropout_rng})
-    return jnp.sum(out.pooled_output**2) + jnp.sum(out.vision_output**2)
+    return out.pooled_output
 
-  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-  key = jax.random.key(1)
-  value, grads = grad(params, build_model(config), key)
-  value_remat, grads_remat = grad(params, build_model(config.replace(remat=True)), key)
-  np.testing.assert_allclose(value_remat, value, rtol=1e-6)
-  for path, a in traverse_util.flatten_dict(grads_remat).items():
-    b = traverse_util.flatten_dict(grads)[path]
-    # Recomputation may reassociate float sums: compare relative to the gradient's scale.
-    np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, np.abs(b).max()), err_msg=str(path))
-  # Dropout is active (another seed gives another value) and reproducible (same seed, same value).
-  other, _ = grad(params, build_model(config), jax.random.key(2))
-  assert abs(float(other) - float(value)) > 1e-3
-  again, _ = grad(params, build_model(config), key)
-  assert float(again) == float(value)
+  first = pooled(params, jax.random.key(1, impl="rbg"))
+  np.testing.assert_array_equal(pooled(params, jax.random.key(1, impl="rbg")), first)
+  assert np.abs(pooled(params, jax.random.key(2, impl="rbg")) - first).max() > 1e-3

@@ -48,7 +48,12 @@ OTHER = schema.ANSWER_TYPES.index("other")
 
 
 def conversion_settings(
-  num_shards: int, vocab_size: int, num_boxes: int, max_seq_length: int, feat_dtype: str
+  num_shards: int,
+  vocab_size: int,
+  num_boxes: int,
+  max_seq_length: int,
+  feat_dtype: str,
+  max_images: int | None,
 ) -> dict:
   """Everything that determines the output; a directory is reused only if these all match."""
   return {
@@ -58,6 +63,7 @@ def conversion_settings(
     "num_boxes": num_boxes,
     "max_seq_length": max_seq_length,
     "feat_dtype": feat_dtype,
+    "max_images": max_images,
     "feature_groups": [[name, size] for name, size in features.FEATURE_GROUPS],
   }
 
@@ -158,6 +164,7 @@ def convert_easy_vqa(
   max_seq_length: int = 20,
   feat_dtype: str = "float16",
   workers: int | None = None,
+  max_images: int | None = None,
   force: bool = False,
 ) -> dict:
   """Builds (or reuses) the easy-VQA TFRecords in ``output_dir`` and returns dataset_info.
@@ -170,6 +177,8 @@ def convert_easy_vqa(
     max_seq_length: L of the tokenizer; questions have at most 12 tokens incl. [CLS]/[SEP].
     feat_dtype: 'float16' or 'float32' storage of the scaled features.
     workers: feature-extraction processes (default: CPU count).
+    max_images: keep only the first N images (by id) of each split and their questions, for
+      quick smoke runs; None converts everything.
     force: rebuild even if a complete conversion with the same settings exists.
 
   Returns:
@@ -180,7 +189,11 @@ def convert_easy_vqa(
   """
   if not 1 <= num_boxes <= regions.MAX_BOXES:
     raise ValueError(f"num_boxes must be in [1, {regions.MAX_BOXES}], got {num_boxes}")
-  settings = conversion_settings(num_shards, vocab_size, num_boxes, max_seq_length, feat_dtype)
+  if max_images is not None and max_images < 1:
+    raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
+  settings = conversion_settings(
+    num_shards, vocab_size, num_boxes, max_seq_length, feat_dtype, max_images
+  )
   if not force:
     info = existing_complete(output_dir, settings)
     if info is not None:
@@ -188,7 +201,7 @@ def convert_easy_vqa(
       return info
   start = time.time()
   _start_fresh(output_dir, settings)
-  splits = {name: dataset.load_split(name) for name in dataset.SPLITS}
+  splits = {name: dataset.load_split(name, max_images) for name in dataset.SPLITS}
   answers = dataset.answer_vocab()
   answer_to_id = {a: i for i, a in enumerate(answers)}
 
@@ -306,6 +319,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_seq_length", 20, "Token sequence length incl. [CLS] and [SEP].")
   flags.DEFINE_enum("feat_dtype", "float16", ["float16", "float32"], "Feature storage dtype.")
   flags.DEFINE_integer("workers", None, "Feature-extraction processes (default: CPU count).")
+  flags.DEFINE_integer(
+    "max_images", None, "Convert only the first N images per split (smoke runs)."
+  )
   flags.DEFINE_bool("force", False, "Rebuild even if a matching conversion exists.")
   flags.mark_flag_as_required("output_dir")
 
@@ -322,6 +338,7 @@ def main(argv):
     max_seq_length=FLAGS.max_seq_length,
     feat_dtype=FLAGS.feat_dtype,
     workers=FLAGS.workers,
+    max_images=FLAGS.max_images,
     force=FLAGS.force,
   )
 

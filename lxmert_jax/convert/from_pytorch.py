@@ -74,7 +74,9 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
-    raise WeightLoadError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    raise WeightLoadError(
+      f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}"
+    )
   state, bad = {}, []
   for key, value in obj.items():
     if not isinstance(value, torch.Tensor):
@@ -198,7 +200,11 @@ def infer_config(
   }
   if task in ("pretraining", "qa"):
     sizes["num_qa_labels"] = get("answer_head.logit_fc.3.weight", 0)
-  intermediate = [v[0] for k, v in shape.items() if k.endswith(("intermediate.dense.weight", "_inter.dense.weight"))]
+  intermediate = [
+    v[0]
+    for k, v in shape.items()
+    if k.endswith(("intermediate.dense.weight", "_inter.dense.weight"))
+  ]
   sizes["intermediate_size"] = intermediate[0] if intermediate else None
   for field, stack in (("l_layers", "layer"), ("r_layers", "r_layers"), ("x_layers", "x_layers")):
     sizes[field] = _num_layers(canonical, stack)
@@ -206,7 +212,8 @@ def infer_config(
   if sizes.get("hidden_size", base.hidden_size) != base.hidden_size:
     raise WeightLoadError(
       f"checkpoint hidden size is {sizes['hidden_size']} but the number of attention heads cannot "
-      f"be read from weights; pass config= (an LxmertConfig, dict or config.json path)"
+      f"be read from weights; pass config= (an LxmertConfig, dict or config.json path; "
+      f"--config on the command line)"
     )
   return base.replace(**sizes)
 
@@ -271,8 +278,12 @@ def state_dict_to_params(
     if key == param_map.TIED_DECODER_KEY:
       words = canonical.get(param_map.BACKBONE_PREFIX + "embeddings.word_embeddings.weight")
       dropped.append((key, "tied to lxmert.embeddings.word_embeddings.weight"))
-      if words is not None and (words.shape != canonical[key].shape or not np.array_equal(words, canonical[key])):
-        notes.append(f"{key} differs from the word embeddings; the tied table was used (as transformers does)")
+      if words is not None and (
+        words.shape != canonical[key].shape or not np.array_equal(words, canonical[key])
+      ):
+        notes.append(
+          f"{key} differs from the word embeddings; the tied table was used (as transformers does)"
+        )
     elif group is not None and group not in param_map.TASK_HEADS[task]:
       dropped.append((key, f"{group} head is not part of task {task!r}"))
     else:
@@ -341,15 +352,27 @@ def convert_state_dict(
 def main(argv: list[str] | None = None) -> None:
   """Converts a PyTorch checkpoint into this project's Orbax params directory."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--input", required=True, help="*.pth, *.bin, *.safetensors or a transformers directory")
-  parser.add_argument("--output", required=True, help="new directory for Orbax params + lxmert_config.json")
-  parser.add_argument("--task", default=None, choices=param_map.TASKS, help="default: inferred from the heads")
+  parser.add_argument(
+    "--input", required=True, help="*.pth, *.bin, *.safetensors or a transformers directory"
+  )
+  parser.add_argument(
+    "--output", required=True, help="new directory for Orbax params + lxmert_config.json"
+  )
+  parser.add_argument(
+    "--task", default=None, choices=param_map.TASKS, help="default: inferred from the heads"
+  )
   parser.add_argument("--config", default=None, help="config.json (default: inferred from shapes)")
   args = parser.parse_args(argv)
 
   from lxmert_jax.pretrained import load_pretrained, save_params_orbax
 
-  loaded = load_pretrained(args.input, config=args.config, task=args.task)
+  if os.path.exists(args.output):
+    raise SystemExit(f"error: --output {args.output} already exists")
+  try:
+    loaded = load_pretrained(args.input, config=args.config, task=args.task)
+  except (ValueError, FileNotFoundError) as e:  # WeightLoadError is a ValueError; under
+    # `python -m` this module runs as __main__, so its own WeightLoadError class is a copy.
+    raise SystemExit(f"error: {e}") from None
   save_params_orbax(loaded, args.output)
   print(loaded.load_report)
   print(f"wrote {args.output}")

@@ -148,7 +148,9 @@ def backbone_modules(config: LxmertConfig) -> list[tuple[str, str, str]]:
   ):
     for i in range(count):
       for flax_sub, torch_sub, kind in block:
-        modules.append((f"encoder/{stack}_{i}/{flax_sub}", f"encoder.{torch_stack}.{i}.{torch_sub}", kind))
+        modules.append(
+          (f"encoder/{stack}_{i}/{flax_sub}", f"encoder.{torch_stack}.{i}.{torch_sub}", kind)
+        )
   modules.extend(POOLER)
   return modules
 
@@ -171,7 +173,9 @@ def param_table(config: LxmertConfig, task: str) -> list[ParamMapping]:
       if flax_leaf is None:
         table.append(ParamMapping(flax_path, torch_module, transform))
       else:
-        table.append(ParamMapping(flax_path + (flax_leaf,), f"{torch_module}.{torch_leaf}", transform))
+        table.append(
+          ParamMapping(flax_path + (flax_leaf,), f"{torch_module}.{torch_leaf}", transform)
+        )
   return table
 
 

@@ -28,7 +28,9 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def params_to_hf_state_dict(params: Mapping, config: LxmertConfig, task: str) -> dict[str, np.ndarray]:
+def params_to_hf_state_dict(
+  params: Mapping, config: LxmertConfig, task: str
+) -> dict[str, np.ndarray]:
   """Flax params of ``build_model(config, task)`` -> transformers state dict (float32 numpy).
 
   ``backbone`` gives ``LxmertModel`` names (no ``lxmert.`` prefix). The tied MLM decoder
@@ -44,7 +46,9 @@ def params_to_hf_state_dict(params: Mapping, config: LxmertConfig, task: str) ->
   missing = ["/".join(m.flax_path) for m in table if m.flax_path not in flat]
   extra = sorted("/".join(p) for p in set(flat) - {m.flax_path for m in table})
   if missing or extra:
-    raise ValueError(f"params do not match the {task!r} model: missing {missing}, unexpected {extra}")
+    raise ValueError(
+      f"params do not match the {task!r} model: missing {missing}, unexpected {extra}"
+    )
   state = {}
   for m in table:
     key = m.torch_key
@@ -63,7 +67,9 @@ def hf_config_dict(config: LxmertConfig, task: str) -> dict[str, Any]:
 
 def _atomic_write(path: str, write) -> None:
   # Write beside the target then rename, so a crash never leaves a half-written file.
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path)
+  )
   os.close(fd)
   try:
     write(tmp)

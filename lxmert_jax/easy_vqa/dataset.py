@@ -107,8 +107,12 @@ def answer_vocab() -> list[str]:
   return list(_package().get_answers())
 
 
-def load_split(name: str) -> Split:
+def load_split(name: str, max_images: int | None = None) -> Split:
   """Reads one split from the installed package.
+
+  Args:
+    name: 'train' or 'test'.
+    max_images: keep only the ``max_images`` lowest image ids and their questions (smoke runs).
 
   Raises:
     ValueError: unknown split name, or a question whose image or answer the package lacks.
@@ -118,9 +122,13 @@ def load_split(name: str) -> Split:
   pkg = _package()
   texts, answers, image_ids = getattr(pkg, f"get_{name}_questions")()
   paths = dict(getattr(pkg, f"get_{name}_image_paths")())
+  if max_images is not None:
+    paths = {i: paths[i] for i in sorted(paths)[:max_images]}
   vocab = set(answer_vocab())
   questions = []
   for i, (text, answer, image_id) in enumerate(zip(texts, answers, image_ids, strict=True)):
+    if max_images is not None and image_id not in paths:
+      continue  # the question's image was cut by max_images
     if image_id not in paths:
       raise ValueError(
         f"easy-VQA {name} question {i} ({text!r}) refers to missing image {image_id}"

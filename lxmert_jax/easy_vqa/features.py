@@ -76,7 +76,7 @@ def raw_region_features(
 
   Returns:
     ``(features [N, FEATURE_DIM] float32, coverage [N])`` where coverage is the share of the
-    shape's alpha mass inside each box (0 when the image has no shape).
+    shape's core pixels (``det.core``) inside each box (0 when the image has no shape).
   """
   rgb = regions.as_rgb(image)
   h, w = rgb.shape[:2]
@@ -100,6 +100,7 @@ def raw_region_features(
   maps = np.concatenate(
     [
       alpha[..., None],
+      det.core[..., None],
       alpha[..., None] * rgb,
       rgb,
       np.eye(len(palette))[nearest],
@@ -109,8 +110,10 @@ def raw_region_features(
   )
   ox, oy = _overlap(x1, x2, w), _overlap(y1, y2, h)  # [N, W], [N, H]
   sums = ((oy @ maps.reshape(h, -1)).reshape(n, w, -1) * ox[:, :, None]).sum(1)  # [N, K]
-  mass, shape_rgb_sum, rgb_sum, hist_sum, moments = np.split(sums, [1, 4, 7, 7 + len(palette)], 1)
-  mass = mass[:, 0]  # [N] shape pixels inside each box
+  mass, core, shape_rgb_sum, rgb_sum, hist_sum, moments = np.split(
+    sums, [1, 2, 5, 8, 8 + len(palette)], 1
+  )
+  mass, core = mass[:, 0], core[:, 0]  # [N] shape alpha mass and core pixels inside each box
 
   mask = (
     _cell_weights(y1, y2, h, MASK_SIZE)
@@ -128,8 +131,8 @@ def raw_region_features(
   )
   color_hist = hist_sum / area[:, None]
 
-  total = alpha.sum()
-  coverage = mass / total if total > 0 else np.zeros(n)
+  total = det.core.sum()
+  coverage = core / total if total > 0 else np.zeros(n)
   bw, bh = np.maximum(x2 - x1, 1e-12), np.maximum(y2 - y1, 1e-12)
   # Centroid and spread of the shape inside the region, in region units (0..1).
   mx, my, mxx, myy = (moments / safe_mass[:, None]).T

@@ -52,9 +52,10 @@ SHAPE_PROTOTYPES = {
 SHAPE_TOLERANCE = (0.05, 0.04)
 # Tolerance of the colour score (RGB units): anti-aliasing never moves a shape's core colour.
 COLOR_TOLERANCE = 20.0
-# A region holding at least this share of the shape's alpha mass counts as containing it; one
-# holding less than MIN_COVERAGE counts as background (a sliver of anti-aliased fringe).
-FULL_COVERAGE = 0.95
+# A region holding at least this share of the shape's core pixels counts as containing it
+# (fractional grid boxes may shave a pixel's sliver); one holding less than MIN_COVERAGE
+# counts as background.
+FULL_COVERAGE = 0.99
 MIN_COVERAGE = 0.02
 MAX_BOXES = 36
 # What each box of propose_boxes is, in order (also stored in dataset_info.json).
@@ -75,6 +76,7 @@ class Detection:
     background: [3] background RGB (0-255).
     foreground: [3] shape RGB (0-255); equals ``background`` if no shape was found.
     alpha: [H, W] soft shape matte in [0, 1] (share of each pixel covered by the shape).
+    core: [H, W] bool, the shape's pixels (alpha >= 0.5): they define ``box`` and coverage.
     box: [4] pixel box (x1, y1, x2, y2) of the shape (the whole image if none was found).
     shape_probs: [3] softmax over ``OBJECT_CLASSES[:3]`` (uniform if no shape).
     color_probs: [8] softmax over ``ATTR_CLASSES[:8]`` (uniform if no shape).
@@ -83,6 +85,7 @@ class Detection:
   background: np.ndarray
   foreground: np.ndarray
   alpha: np.ndarray
+  core: np.ndarray
   box: np.ndarray
   shape_probs: np.ndarray
   color_probs: np.ndarray
@@ -224,6 +227,7 @@ def detect(image: np.ndarray) -> Detection:
       background=background,
       foreground=background.copy(),
       alpha=np.zeros((h, w)),
+      core=np.zeros((h, w), bool),
       box=np.array([0.0, 0.0, w, h]),
       shape_probs=np.full(3, 1 / 3),
       color_probs=np.full(8, 1 / 8),
@@ -237,14 +241,16 @@ def detect(image: np.ndarray) -> Detection:
   # of anti-aliasing), inside the component grown by 1 px to include faint rim pixels.
   alpha = np.clip(diff @ direction / (direction @ direction), 0.0, 1.0)
   alpha = np.where(_dilate(component), alpha, 0.0)
-  ys, xs = np.nonzero(alpha >= 0.5)
-  if len(ys) == 0:  # a shape fainter than half a pixel everywhere: box its seed pixels
-    ys, xs = np.nonzero(component)
+  core = alpha >= 0.5
+  if not core.any():  # a shape fainter than half a pixel everywhere: use its seed pixels
+    core = component
+  ys, xs = np.nonzero(core)
   box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
   return Detection(
     background=background,
     foreground=foreground,
     alpha=alpha,
+    core=core,
     box=box,
     shape_probs=classify_shape(alpha),
     color_probs=classify_color(foreground),
@@ -291,7 +297,7 @@ def region_labels(det: Detection, coverage: np.ndarray):
 
   Args:
     det: the image's detection.
-    coverage: [N] share of the shape's alpha mass inside each region.
+    coverage: [N] share of the shape's core pixels inside each region.
 
   Returns:
     ``(objects_id, objects_conf, attrs_id, attrs_conf)``, each [N]. A region holding the whole

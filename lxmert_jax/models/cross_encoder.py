@@ -63,7 +63,9 @@ class LxmertXLayer(nn.Module):
     cfg, dtype = self.config, self.dtype
     visual_attention = LxmertCrossAttentionLayer(cfg, dtype, name="visual_attention")
     # Both directions read the pre-update streams (lang_feats, visual_feats).
-    lang_att, lang_to_vision = visual_attention(lang_feats, visual_feats, visual_bias, deterministic)
+    lang_att, lang_to_vision = visual_attention(
+      lang_feats, visual_feats, visual_bias, deterministic
+    )
     visn_att, vision_to_lang = visual_attention(visual_feats, lang_feats, lang_bias, deterministic)
 
     lang_att, lang_self = LxmertSelfAttentionLayer(cfg, dtype, name="lang_self_att")(

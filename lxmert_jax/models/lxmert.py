@@ -15,12 +15,11 @@ from lxmert_jax.models.outputs import LxmertModelOutput
 Array = jax.Array
 
 
-def _maybe_remat(module_cls, config: LxmertConfig, static_argnums: tuple[int, ...]):
-  # Rematerialisation trades one extra forward per layer for not storing its activations;
-  # static_argnums count ``self`` as 0 and mark the (deterministic, output_attentions) flags.
-  if config.remat:
-    return nn.remat(module_cls, static_argnums=static_argnums)
-  return module_cls
+# Rematerialisation (config.remat) trades one extra forward per layer in the backward pass for
+# not storing the layer's activations. static_argnums count ``self`` as 0 and mark the
+# (deterministic, output_attentions) flags, which steer Python control flow.
+_RematLxmertLayer = nn.remat(LxmertLayer, static_argnums=(3, 4))
+_RematLxmertXLayer = nn.remat(LxmertXLayer, static_argnums=(5, 6))
 
 
 class LxmertEncoder(nn.Module):
@@ -62,8 +61,8 @@ class LxmertEncoder(nn.Module):
       order) and, if requested, attention tuples.
     """
     cfg, dtype = self.config, self.dtype
-    bert_layer = _maybe_remat(LxmertLayer, cfg, static_argnums=(3, 4))
-    x_layer = _maybe_remat(LxmertXLayer, cfg, static_argnums=(5, 6))
+    bert_layer = _RematLxmertLayer if cfg.remat else LxmertLayer
+    x_layer = _RematLxmertXLayer if cfg.remat else LxmertXLayer
 
     visn = LxmertVisualFeatureEncoder(cfg, dtype, name="visn_fc")(
       visual_feats, visual_pos, deterministic

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -211,7 +213,9 @@ def build_model(config: LxmertConfig, task: str = "backbone", dtype: Dtype = jnp
   return TASK_MODELS[task](config, dtype)
 
 
-def dummy_inputs(config: LxmertConfig, task: str = "backbone", seq_len: int = 4, num_boxes: int = 3):
+def dummy_inputs(
+  config: LxmertConfig, task: str = "backbone", seq_len: int = 4, num_boxes: int = 3
+):
   """Minimal (input_ids, visual_feats, visual_pos) for ``init`` / ``jax.eval_shape``."""
   images = (1, 2) if task == "nlvr2" else (1,)
   return (
@@ -226,6 +230,10 @@ def init_params(config: LxmertConfig, task: str, rng: jax.Array) -> dict:
   return build_model(config, task).init(rng, *dummy_inputs(config, task))["params"]
 
 
+@functools.lru_cache(maxsize=32)
 def param_shapes(config: LxmertConfig, task: str) -> dict:
-  """The param tree of ``task`` as ``jax.ShapeDtypeStruct`` leaves, without allocating."""
+  """The param tree of ``task`` as ``jax.ShapeDtypeStruct`` leaves, without allocating.
+
+  Cached (tracing the model takes a moment); treat the returned tree as read-only.
+  """
   return jax.eval_shape(lambda: init_params(config, task, jax.random.key(0)))

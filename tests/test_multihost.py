@@ -1,0 +1,156 @@
+"""Multi-host training on CPU: 2 processes x 2 devices (jax.distributed on 127.0.0.1, gloo
+collectives) equal 1 process x 4 devices fed the same global batches.
+
+Also runnable as the worker: ``python tests/test_multihost.py MODE DATA_DIR WORKDIR OUT
+[PORT PROCESS_ID]`` (MODE ``multi`` or ``single``).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 4
+NUM_SHARDS = 4  # Two files per host.
+
+
+def _config(data_dir):
+  from test_train import tiny_config
+
+  from configs import easy_vqa
+
+  config = tiny_config(easy_vqa, data_dir, "finetune,tiny", dropout=True, total_steps=TOTAL_STEPS)
+  config.batch_size = 8
+  config.optim.warmup_fraction = 0.0
+  config.optim.learning_rate = 1e-3
+  config.eval.splits = ""
+  config.checkpoint.every_steps = 2
+  config.log_every_steps = 1
+  return config
+
+
+def _same_batches_as_two_hosts(pipeline):
+  """make_train_dataset of one process feeding [host 0's batch; host 1's batch] per step."""
+  import tensorflow as tf
+
+  real = pipeline.make_train_dataset
+
+  def two_hosts(data_dir, splits, **kwargs):
+    kwargs.pop("num_devices", None)
+    per_host = [real(data_dir, splits, num_devices=2, process_index=i, process_count=2, **kwargs)
+                for i in range(2)]
+    return tf.data.Dataset.zip(tuple(per_host)).map(
+      lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a})
+
+  return two_hosts
+
+
+def worker(mode, data_dir, workdir, out, port=None, process_id=None):
+  import jax
+
+  from lxmert_jax import distributed
+
+  if mode == "multi":
+    assert distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
+    assert jax.config.jax_cpu_collectives_implementation == "gloo"
+  jax.config.update("jax_disable_most_optimizations", True)
+  from flax import traverse_util
+
+  from lxmert_jax import train
+  from lxmert_jax.data import pipeline
+
+  if mode == "single":
+    pipeline.make_train_dataset = _same_batches_as_two_hosts(pipeline)
+  result = train.run(_config(data_dir), workdir)
+  flat = traverse_util.flatten_dict(result.params, sep="/")
+  np.savez(out, **{k: np.asarray(v) for k, v in flat.items()})
+  print(f"worker {mode} {process_id}: {jax.process_count()} processes, {jax.device_count()} "
+        f"devices, step {result.metrics['step']}", flush=True)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(num_devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "tests")])
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  return env
+
+
+def _launch(args, num_devices, log):
+  return subprocess.Popen([sys.executable, __file__, *map(str, args)], cwd=REPO,
+                          env=_env(num_devices), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(procs, logs, timeout):
+  deadline = time.time() + timeout
+  for p in procs:
+    try:
+      p.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail("worker timed out:\n" + "\n".join(_tail(log) for log in logs))
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, _tail(log)
+
+
+def _tail(path, n=4000):
+  with open(path) as f:
+    return f.read()[-n:]
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "losses.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
+  from test_pipeline import write_dataset
+
+  data_dir = tmp_path / "data"
+  write_dataset(data_dir, "train", num_groups=12, num_shards=NUM_SHARDS, learnable=True)
+  port = _free_port()
+  multi_dir, single_dir = tmp_path / "multi", tmp_path / "single"
+  logs = [str(tmp_path / f"host{i}.log") for i in range(2)] + [str(tmp_path / "single.log")]
+  handles = [open(log, "w") for log in logs]
+  procs = [_launch(["multi", data_dir, multi_dir, tmp_path / f"host{i}.npz", port, i], 2,
+                   handles[i]) for i in range(2)]
+  procs.append(_launch(["single", data_dir, single_dir, tmp_path / "single.npz"], 4, handles[2]))
+  _wait(procs, logs, timeout=480)
+  for h in handles:
+    h.close()
+  assert "2 processes, 4 devices" in _tail(logs[0]) and "2 processes, 4 devices" in _tail(logs[1])
+
+  host0, host1, single = (np.load(tmp_path / f"{n}.npz") for n in ("host0", "host1", "single"))
+  assert sorted(host0.files) == sorted(single.files)
+  moved = 0.0
+  for name in single.files:
+    np.testing.assert_array_equal(host0[name], host1[name], err_msg=name)
+    np.testing.assert_allclose(host0[name], single[name], atol=1e-6, rtol=0, err_msg=name)
+  # Written once: one line per step (not one per host), one checkpoint per save step.
+  multi_losses, single_losses = _losses(multi_dir), _losses(single_dir)
+  assert [r["step"] for r in multi_losses] == list(range(1, TOTAL_STEPS + 1))
+  np.testing.assert_allclose([r["loss"] for r in multi_losses],
+                             [r["loss"] for r in single_losses], atol=1e-6, rtol=0)
+  assert sorted(os.listdir(multi_dir / "checkpoints")) == ["2", "4"]
+  assert json.loads((multi_dir / "results.json").read_text())["step"] == TOTAL_STEPS
+  moved = max(float(np.abs(single_losses[0]["loss"] - r["loss"])) for r in single_losses)
+  assert moved > 0  # The runs trained (losses change), so equality is not vacuous.
+
+
+if __name__ == "__main__":
+  worker(*sys.argv[1:])
