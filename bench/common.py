@@ -90,6 +90,14 @@ def machine_info() -> dict[str, Any]:
   }
 
 
+def model_config(tiny: bool, **overrides):
+  """LXMERT-base, or for ``--tiny`` smoke runs the smallest config with every module type."""
+  from lxmert_jax.models.config import LxmertConfig, tiny_config
+
+  base = tiny_config(l_layers=1, r_layers=1, x_layers=1) if tiny else LxmertConfig()
+  return base.replace(**overrides)
+
+
 def summarize(samples: Sequence[float]) -> dict[str, float]:
   """Median, min, max and inter-quartile range of a list of seconds."""
   s = sorted(samples)
@@ -145,11 +153,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _jsonable(x):
+  """numpy / JAX scalars and arrays -> Python; anything else is an error, not a string."""
   if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
     return x.item()
   if hasattr(x, "tolist"):
     return x.tolist()
-  return str(x)
+  raise TypeError(f"cannot write {type(x).__name__} to JSON")
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:

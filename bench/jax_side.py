@@ -95,9 +95,17 @@ class TrainBench:
     dtype: compute dtype name; params and optimizer state stay float32.
     batch: {key: [batch, ...]} clean pipeline batch (``bench.synthetic.clean_batch``).
     seed: init seed.
+    step_fn: a replacement for ``train.train_step`` with ``hp`` bound (``bench.variants``).
   """
 
-  def __init__(self, config: LxmertConfig, dtype: str, batch: Mapping[str, np.ndarray], seed=0):
+  def __init__(
+    self,
+    config: LxmertConfig,
+    dtype: str,
+    batch: Mapping[str, np.ndarray],
+    seed: int = 0,
+    step_fn: Callable | None = None,
+  ):
     devices = jax.local_devices()
     n = len(devices)
     self.model = ts.build_model(config, "pretrain", dtype)
@@ -110,8 +118,9 @@ class TrainBench:
     self.batch = train.shard_batch(
       {k: np.reshape(v, (n, -1) + v.shape[1:]) for k, v in batch.items()}
     )
+    step_fn = step_fn or functools.partial(train.train_step, hp=pretrain_hparams(config))
     p_step = jax.pmap(
-      functools.partial(train.train_step, hp=pretrain_hparams(config)),
+      step_fn,
       axis_name=train.AXIS,
       donate_argnums=(0,),
       in_axes=(0, 0, None),

@@ -95,9 +95,7 @@ def main(argv=None):
   parser.add_argument("--device_gib", type=float, default=16.0)
   args = parser.parse_args(argv)
 
-  from lxmert_jax.models.config import LxmertConfig, tiny_config
-
-  base = tiny_config() if args.tiny else LxmertConfig()
+  base = common.model_config(args.tiny)
   device_bytes = args.device_gib * GIB
   results, rows = [], []
   for remat in (False, True):

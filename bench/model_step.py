@@ -161,9 +161,7 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
 
-  from lxmert_jax.models.config import LxmertConfig, tiny_config
-
-  config = (tiny_config() if args.tiny else LxmertConfig()).replace(remat=args.remat)
+  config = common.model_config(args.tiny, remat=args.remat)
   peak = {"peak_fp32_gflops": args.peak_gflops, "peak_bf16_gflops": None}
   if args.peak_gflops is None:
     from bench import cpu_peak

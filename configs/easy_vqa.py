@@ -32,9 +32,16 @@ def model_group(tiny: bool) -> ml_collections.ConfigDict:
   if tiny:
     model = common.model_config(True)
   else:
-    model = common.model_config(False, hidden_size=128, num_attention_heads=4,
-                                intermediate_size=512, l_layers=2, r_layers=1, x_layers=2,
-                                max_position_embeddings=64)
+    model = common.model_config(
+      False,
+      hidden_size=128,
+      num_attention_heads=4,
+      intermediate_size=512,
+      l_layers=2,
+      r_layers=1,
+      x_layers=2,
+      max_position_embeddings=64,
+    )
   # 0 = from dataset_info.json: the trained WordPiece vocabulary and the 90-d region features.
   model.vocab_size = 0
   model.visual_feat_dim = 0
@@ -66,9 +73,16 @@ def pretrain_run(arg) -> ml_collections.ConfigDict:
 
 def finetune_run(arg) -> ml_collections.ConfigDict:
   """Fine-tuning on easy-VQA's 13 answers, evaluated on the test split."""
-  config = finetune_config(arg, task="easy_vqa", num_answers=NUM_ANSWERS, lr=1e-4,
-                           train_splits="train", eval_splits="test", predict_splits="",
-                           eval_batch_size=512)
+  config = finetune_config(
+    arg,
+    task="easy_vqa",
+    num_answers=NUM_ANSWERS,
+    lr=1e-4,
+    train_splits="train",
+    eval_splits="test",
+    predict_splits="",
+    eval_batch_size=512,
+  )
   config.model = model_group(arg.tiny)
   config.data.max_seq_length = 20
   config.batch_size = 32
@@ -83,8 +97,7 @@ def finetune_run(arg) -> ml_collections.ConfigDict:
 
 def get_config(arg=None):
   """``arg``: '' (the demo), 'pretrain' or 'finetune' (one run), plus 'tiny', 'data_dir=...'."""
-  arg = common.parse_arg(arg, tiny=False, pretrain=False, finetune=False,
-                         data_dir="data/easy_vqa")
+  arg = common.parse_arg(arg, tiny=False, pretrain=False, finetune=False, data_dir="data/easy_vqa")
   if arg.pretrain:
     return pretrain_run(arg)
   if arg.finetune:

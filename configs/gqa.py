@@ -19,6 +19,13 @@ from configs.vqa import finetune_config
 def get_config(arg=None):
   """GQA fine-tuning config; ``arg`` = comma list of ``tiny``, ``data_dir=...``."""
   arg = common.parse_arg(arg, tiny=False, data_dir="data/tfrecords/gqa")
-  return finetune_config(arg, task="gqa", num_answers=1842, lr=1e-5,
-                         train_splits="train", eval_splits="testdev",
-                         predict_splits="submit", eval_batch_size=512)
+  return finetune_config(
+    arg,
+    task="gqa",
+    num_answers=1842,
+    lr=1e-5,
+    train_splits="train",
+    eval_splits="testdev",
+    predict_splits="submit",
+    eval_batch_size=512,
+  )

@@ -19,7 +19,18 @@ from configs.vqa import finetune_config
 def get_config(arg=None):
   """NLVR2 fine-tuning config; ``arg`` = comma list of ``tiny``, ``data_dir=...``."""
   arg = common.parse_arg(arg, tiny=False, data_dir="data/tfrecords/nlvr2")
-  config = finetune_config(arg, task="nlvr2", num_answers=None, lr=5e-5, train_splits="train",
-                           eval_splits="valid", predict_splits="test", eval_batch_size=512,
-                           transfer_answer_head=False)
+  config = finetune_config(
+    arg,
+    task="nlvr2",
+    num_answers=None,
+    lr=5e-5,
+    train_splits="train",
+    eval_splits="valid",
+    predict_splits="test",
+    eval_batch_size=512,
+    transfer_answer_head=False,
+  )
+  # --loadLXMERT: only the backbone comes from init_from; the 2-way head over [img0; img1] starts
+  # fresh. Set --config.dont_load='()' to load an NLVR2-fine-tuned init_from with its head.
+  config.dont_load = ("answer_head/.*",)
   return config

@@ -19,13 +19,30 @@ from configs import common
 def get_config(arg=None):
   """VQA fine-tuning config; ``arg`` = comma list of ``tiny``, ``data_dir=...``."""
   arg = common.parse_arg(arg, tiny=False, data_dir="data/tfrecords/vqa")
-  return finetune_config(arg, task="vqa", num_answers=3129, lr=5e-5,
-                         train_splits="train", eval_splits="minival",
-                         predict_splits="test", eval_batch_size=1024)
+  return finetune_config(
+    arg,
+    task="vqa",
+    num_answers=3129,
+    lr=5e-5,
+    train_splits="train",
+    eval_splits="minival",
+    predict_splits="test",
+    eval_batch_size=1024,
+  )
 
 
-def finetune_config(arg, *, task, num_answers, lr, train_splits, eval_splits, predict_splits,
-                    eval_batch_size, transfer_answer_head=True):
+def finetune_config(
+  arg,
+  *,
+  task,
+  num_answers,
+  lr,
+  train_splits,
+  eval_splits,
+  predict_splits,
+  eval_batch_size,
+  transfer_answer_head=True,
+):
   """The fine-tuning recipe shared by VQA, GQA, NLVR2 and easy-VQA (spec section 3.4)."""
   config = common.base_config(arg.tiny)
   config.mode = "finetune"

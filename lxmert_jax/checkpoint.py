@@ -181,8 +181,11 @@ def diff_trees(expected: Mapping[str, tuple], got: Mapping[str, tuple]) -> TreeD
   return TreeDiff(
     missing=sorted(set(expected) - set(got)),
     unexpected=sorted(set(got) - set(expected)),
-    mismatched=[(k, expected[k], got[k]) for k in sorted(expected) if k in got and
-                tuple(expected[k]) != tuple(got[k])],
+    mismatched=[
+      (k, expected[k], got[k])
+      for k in sorted(expected)
+      if k in got and tuple(expected[k]) != tuple(got[k])
+    ],
   )
 
 
@@ -197,8 +200,11 @@ def _config_diff(saved: Mapping[str, Any] | None, model_config: LxmertConfig) ->
   if not saved:
     return ""
   current = model_config.to_dict()
-  rows = [f"{k}: checkpoint {saved.get(k)!r}, config {current[k]!r}"
-          for k in sorted(current) if k in saved and saved[k] != current[k]]
+  rows = [
+    f"{k}: checkpoint {saved.get(k)!r}, config {current[k]!r}"
+    for k in sorted(current)
+    if k in saved and saved[k] != current[k]
+  ]
   return ("\n  model config differences:\n    " + "\n    ".join(rows)) if rows else ""
 
 
@@ -269,7 +275,9 @@ def find_checkpoint_step(path: str) -> tuple[str, int] | None:
   if os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
     return os.path.dirname(path), int(os.path.basename(path))
   for directory in (os.path.join(path, CHECKPOINT_SUBDIR), path):
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    steps = (
+      [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    )
     steps = [s for s in steps if os.path.isdir(os.path.join(directory, str(s), "params"))]
     if steps:
       return directory, max(steps)
@@ -345,7 +353,10 @@ def merge_params(init: PyTree, loaded: PyTree, dont_load: Sequence[str] = (), so
     ValueError: listing the missing params and (path, expected shape, got shape) mismatches.
   """
   patterns = [re.compile(p) for p in dont_load]
-  skip = lambda name: any(p.fullmatch(name) for p in patterns)
+
+  def skip(name):
+    return any(p.fullmatch(name) for p in patterns)
+
   flat_init = traverse_util.flatten_dict(_to_dict(init), sep="/")
   flat_loaded = traverse_util.flatten_dict(_to_dict(loaded), sep="/")
   kept = sorted(k for k in flat_init if skip(k))
@@ -360,16 +371,22 @@ def merge_params(init: PyTree, loaded: PyTree, dont_load: Sequence[str] = (), so
       "(add regexes of params that should keep their fresh init to config.dont_load)"
     )
   if diff.unexpected:
-    logging.warning("Params in %s that this model does not use (%d):\n    %s", source,
-                    len(diff.unexpected), _listed(diff.unexpected))
+    logging.warning(
+      "Params in %s that this model does not use (%d):\n    %s",
+      source,
+      len(diff.unexpected),
+      _listed(diff.unexpected),
+    )
   if kept:
-    logging.warning("Params kept at their fresh init (config.dont_load) (%d):\n    %s",
-                    len(kept), _listed(kept))
+    logging.warning(
+      "Params kept at their fresh init (config.dont_load) (%d):\n    %s", len(kept), _listed(kept)
+    )
   merged = {
     k: v if skip(k) else np.asarray(flat_loaded[k]).astype(v.dtype) for k, v in flat_init.items()
   }
-  logging.info("Initialised %d of %d params from %s.", len(flat_init) - len(kept),
-               len(flat_init), source)
+  logging.info(
+    "Initialised %d of %d params from %s.", len(flat_init) - len(kept), len(flat_init), source
+  )
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -399,7 +416,8 @@ def restore_or_initialize(
   """
   # Newest readable step; damaged ones are moved aside with a warning (preemption.py).
   restored = preemption.restore_latest_valid(
-    mngr, lambda step: restore_checkpoint(mngr, step, abstract_state, model_config))
+    mngr, lambda step: restore_checkpoint(mngr, step, abstract_state, model_config)
+  )
   if restored is not None:
     return restored, "checkpoint"
   state = init_fn()
@@ -410,3 +428,73 @@ def restore_or_initialize(
   params = adapt(loaded) if adapt is not None else loaded.params
   merged = merge_params(jax.device_get(state.params), params, dont_load, loaded.source)
   return state.replace(params=jax.device_put(merged, jax.local_devices()[0])), "init_from"
+
+
+def init_params_loader(init_params, init_from: str, family: str, model_config: LxmertConfig):
+  """The params-only source of the restore order: in-memory params, else ``init_from``.
+
+  Args:
+    init_params: None, a :class:`LoadedParams`, an object with ``params`` / ``model_config`` /
+      ``answers`` (``train.TrainResult``), or a bare param tree.
+    init_from: ``config.init_from`` ('' = none).
+    family: ``lxmert_jax.models.tasks`` family of the run (for external checkpoints).
+    model_config: the run's model config.
+
+  Returns:
+    A function returning :class:`LoadedParams`, or None when there is nothing to load.
+  """
+  if init_params is None and not init_from:
+    return None
+
+  def load() -> LoadedParams:
+    if isinstance(init_params, LoadedParams):
+      return init_params
+    if hasattr(init_params, "params") and hasattr(init_params, "model_config"):
+      answers = list(getattr(init_params, "answers", None) or []) or None
+      return LoadedParams(init_params.params, init_params.model_config, answers, "in-memory params")
+    if init_params is not None:
+      return LoadedParams(init_params, None, None, "in-memory params")
+    return load_params(init_from, family, model_config)
+
+  return load
+
+
+def qa_head_adapter(*, transfer: bool, answers: Sequence[str], init_answers: str = ""):
+  """Maps loaded params to the run's layout before merging (the ``adapt`` of the restore order).
+
+  A bare backbone tree (transformers ``LxmertModel``) is put under ``lxmert``. With ``transfer``
+  the QA head is rebuilt answer by answer for ``answers`` (original ``load_lxmert_qa``): the
+  source answer table comes from the checkpoint, else from the ``init_answers`` JSON file.
+  """
+
+  def adapt(loaded: LoadedParams) -> dict:
+    from lxmert_jax import answers as answers_lib
+
+    params = dict(loaded.params)
+    if "lxmert" not in params:
+      params = {"lxmert": params}
+    head = params.get("answer_head")
+    if not (transfer and answers and head):
+      return params
+    src_answers = loaded.answers
+    if src_answers is None and init_answers:
+      src_answers = answers_lib.load_answer_vocab(init_answers)
+    if src_answers is None:
+      raise ValueError(
+        f"config.transfer_answer_head needs the answer table of {loaded.source}; set "
+        "config.init_answers to it (e.g. all_ans.json of the original pretraining data)"
+      )
+    new_fc, carried = answers_lib.transfer_answer_head_params(
+      head["logit_fc"], src_answers, answers, final_layer="3"
+    )
+    logging.info(
+      "QA head: %d of %d answers transferred from the %d-answer head of %s.",
+      carried,
+      len(answers),
+      len(src_answers),
+      loaded.source,
+    )
+    params["answer_head"] = {"logit_fc": new_fc}
+    return params
+
+  return adapt

@@ -19,9 +19,11 @@ import os
 from absl import flags, logging
 
 COORDINATOR_ADDRESS = flags.DEFINE_string(
-  "coordinator_address", None,
+  "coordinator_address",
+  None,
   "HOST:PORT of process 0's coordination service for a multi-process run outside TPU VMs "
-  "(with --num_processes and --process_id).")
+  "(with --num_processes and --process_id).",
+)
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, 0 .. num_processes - 1.")
 
@@ -40,8 +42,11 @@ def _is_initialized() -> bool:
   return distributed.global_state.client is not None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Starts ``jax.distributed`` when this is a multi-process run; idempotent.
 
   Args:
@@ -65,10 +70,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise ValueError(
         "--coordinator_address, --num_processes and --process_id go together; got "
         f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
-        f"process_id={process_id!r}")
+        f"process_id={process_id!r}"
+      )
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"--process_id={process_id} is not in [0, --num_processes="
-                       f"{num_processes})")
+      raise ValueError(f"--process_id={process_id} is not in [0, --num_processes={num_processes})")
     if num_processes == 1:
       return False
     _use_gloo_on_cpu()
@@ -78,9 +83,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize()
   else:
     return False
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 

@@ -56,7 +56,10 @@ def _device_fields(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def finalize_metrics(task: str, sums: Mapping[str, np.ndarray], weights: Mapping[str, float]):
   """``[sum, count]`` pairs -> means: every objective, the weighted ``loss``, accuracies."""
-  mean = lambda pair: float(pair[0] / pair[1]) if pair[1] > 0 else 0.0
+
+  def mean(pair):
+    return float(pair[0] / pair[1]) if pair[1] > 0 else 0.0
+
   out = {}
   total = 0.0
   for name, weight in weights.items():
@@ -116,8 +119,9 @@ def evaluate_split(
       f"evaluated {metrics['num_examples']} examples but dataset_info.json counts "
       f"{data.num_examples}: the shards and dataset_info.json disagree (rewrite the split)"
     )
-  predictions = _collect_predictions(np.concatenate(preds), np.concatenate(masks),
-                                     np.concatenate(uids))
+  predictions = _collect_predictions(
+    np.concatenate(preds), np.concatenate(masks), np.concatenate(uids)
+  )
   return EvalResult(metrics, predictions)
 
 
@@ -144,7 +148,10 @@ def _collect_predictions(pred: np.ndarray, mask: np.ndarray, uids: np.ndarray) -
 
 
 def write_predictions(
-  task: str, split: str, predictions: Mapping[str, int], answers: Sequence[str] | None,
+  task: str,
+  split: str,
+  predictions: Mapping[str, int],
+  answers: Sequence[str] | None,
   out_dir: str,
 ) -> str | None:
   """Writes the split's prediction file in the task's submission format (host 0 only).
@@ -182,3 +189,71 @@ def objective_weights(task: str, pretrain_weights: Mapping[str, float] | None = 
   if task == "pretrain":
     return dict(pretrain_weights or dict.fromkeys(losses.LOSS_NAMES, 1.0))
   return {"nlvr2": 1.0} if task == "nlvr2" else {"qa": 1.0}
+
+
+def eval_splits(config) -> list[str]:
+  return list(pipeline.parse_splits(config.eval.splits)) if config.eval.splits else []
+
+
+def predict_splits(config) -> list[str]:
+  return (
+    list(pipeline.parse_splits(config.eval.predict_splits)) if config.eval.predict_splits else []
+  )
+
+
+class Evaluator:
+  """Builds each split's padded stream once and evaluates the replicated params on it."""
+
+  def __init__(
+    self, config, p_eval_step: Callable, shard: Callable, *, weights, answers, workdir: str, writer
+  ):
+    """Args: the run's config, the pmapped eval step, the host->device batch sharding, the
+    objective weights of the total loss, the answer vocabulary (predictions), the workdir
+    (predictions/ goes there) and the metric writer."""
+    self.config, self.p_eval_step, self.shard = config, p_eval_step, shard
+    self.weights, self.answers, self.workdir, self.writer = weights, answers, workdir, writer
+    self.layout = pipeline.Layout.from_info(
+      config.data.data_dir, config.data.max_seq_length, 2 if config.task == "nlvr2" else 1
+    )
+    self._data: dict[str, pipeline.EvalData] = {}
+
+  def data(self, split: str) -> pipeline.EvalData:
+    if split not in self._data:
+      self._data[split] = pipeline.make_eval_dataset(
+        self.config.data.data_dir,
+        split,
+        layout=self.layout,
+        global_batch_size=self.config.eval.batch_size,
+        threads=self.config.data.threads,
+      )
+    return self._data[split]
+
+  def __call__(self, params, rng, step: int, *, splits, write_predictions: bool) -> dict:
+    results = {}
+    for split in splits:
+      res = evaluate_split(
+        self.p_eval_step,
+        params,
+        self.data(split),
+        rng=rng,
+        task=self.config.task,
+        weights=self.weights,
+        shard=self.shard,
+      )
+      results[split] = res.metrics
+      self.writer.write_scalars(step, {f"eval_{split}/{k}": v for k, v in res.metrics.items()})
+      logging.info(
+        "[eval %s] step %d: %s",
+        split,
+        step,
+        ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items()),
+      )
+      if write_predictions:
+        write_predictions(
+          self.config.task,
+          split,
+          res.predictions,
+          self.answers,
+          os.path.join(self.workdir, "predictions"),
+        )
+    return results

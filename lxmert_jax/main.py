@@ -42,8 +42,13 @@ def main(argv) -> None:
   distributed.quiet_other_hosts()
   import jax
 
-  logging.info("JAX: %d processes, %d devices (%d local): %s", jax.process_count(),
-               jax.device_count(), jax.local_device_count(), jax.devices())
+  logging.info(
+    "JAX: %d processes, %d devices (%d local): %s",
+    jax.process_count(),
+    jax.device_count(),
+    jax.local_device_count(),
+    jax.devices(),
+  )
   if config.get("mode") == "demo":
     from lxmert_jax import demo
 

@@ -109,9 +109,8 @@ def reached(mngr, step: int) -> bool:
   if jax.process_count() == 1:
     return local
   # Our own handler on several hosts (no JAX preemption service): agree on the same step.
-  from jax.experimental import multihost_utils
-
   import numpy as np
+  from jax.experimental import multihost_utils
 
   flags = multihost_utils.process_allgather(np.asarray(local, np.int32))
   return bool(np.max(flags))
@@ -140,20 +139,26 @@ def restore_latest_valid(mngr, restore: Callable[[int], object]):
         raise
       where = os.path.join(str(mngr.directory), str(step))
       failures.append(f"{where}: {type(e).__name__}: {e}")
-      logging.warning("Checkpoint %s cannot be restored (%s: %s); moving it to %s%s and "
-                      "trying the previous step.", where, type(e).__name__, e, where,
-                      CORRUPT_SUFFIX)
+      logging.warning(
+        "Checkpoint %s cannot be restored (%s: %s); moving it to %s%s and "
+        "trying the previous step.",
+        where,
+        type(e).__name__,
+        e,
+        where,
+        CORRUPT_SUFFIX,
+      )
       _move_aside(mngr, step)
   if failures:
-    raise RuntimeError("no checkpoint in {} can be restored:\n  {}".format(
-      mngr.directory, "\n  ".join(failures)))
+    raise RuntimeError(
+      "no checkpoint in {} can be restored:\n  {}".format(mngr.directory, "\n  ".join(failures))
+    )
   return None
 
 
 def _move_aside(mngr, step: int) -> None:
   """Renames a damaged step so it is neither listed nor in the way of a new save of ``step``."""
   import jax
-
   from etils import epath  # Orbax's path type: local and gs:// alike.
 
   src = epath.Path(mngr.directory) / str(step)

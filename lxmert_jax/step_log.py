@@ -30,8 +30,12 @@ def read(path: str) -> list[dict]:
         row = json.loads(line)
         rows.append({"step": int(row["step"]), "loss": float(row["loss"])})
       except (ValueError, KeyError, TypeError):
-        logging.warning("%s line %d is incomplete (a run was killed while writing it); "
-                        "dropping it and every line after it.", path, number)
+        logging.warning(
+          "%s line %d is incomplete (a run was killed while writing it); "
+          "dropping it and every line after it.",
+          path,
+          number,
+        )
         break
   return rows
 
@@ -55,9 +59,13 @@ class StepLog:
     kept = [r for r in read(self.path) if r["step"] <= start_step]
     steps = [r["step"] for r in kept]
     if start_step and steps != list(range(1, start_step + 1)):
-      logging.warning("%s does not hold every step up to the restored step %d (it has %d "
-                      "lines); the per-step loss record of this run is incomplete.",
-                      self.path, start_step, len(steps))
+      logging.warning(
+        "%s does not hold every step up to the restored step %d (it has %d "
+        "lines); the per-step loss record of this run is incomplete.",
+        self.path,
+        start_step,
+        len(steps),
+      )
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(_line(r["step"], r["loss"]) for r in kept)

@@ -132,7 +132,10 @@ def plot_box_attention(
     ax.set_facecolor("0.92")
   ax.set_xlim(0, w)
   ax.set_ylim(h, 0)
-  norm = colors.Normalize(vmin=0.0, vmax=max(float(weights.max()), 1e-9))
+  # Min-max colours: a nearly uniform map (an untrained model, an early layer) still shows its
+  # ranking; the colourbar's range and the uniform level in its label keep the scale honest.
+  lo, hi = float(weights.min()), float(weights.max())
+  norm = colors.Normalize(vmin=lo if hi > lo else 0.0, vmax=max(hi, 1e-9))
   cmap = matplotlib.colormaps[BOX_CMAP]
   scale = np.array([w, h, w, h])
   # Weakest first so the strongest boxes are drawn on top. Outlines only: a fill would tint the
@@ -160,7 +163,7 @@ def plot_box_attention(
   for rank, n in enumerate(np.argsort(-weights, kind="stable")[:NUM_LABELLED_BOXES]):
     x1, y1 = pred.boxes[n, :2] * scale[:2]
     ax.annotate(
-      f"#{n}: {weights[n]:.2f}",
+      f"#{n}: {weights[n]:.3f}",
       (x1, y1),
       xytext=(3, -3 - 12 * rank),
       textcoords="offset points",
@@ -184,7 +187,10 @@ def plot_box_attention(
     fontsize=9,
   )
   fig.colorbar(
-    cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="attention weight", shrink=0.85
+    cm.ScalarMappable(norm=norm, cmap=cmap),
+    ax=ax,
+    label=f"attention weight (uniform = {1 / len(weights):.3f})",
+    shrink=0.85,
   )
   return fig
 

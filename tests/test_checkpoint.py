@@ -27,7 +27,10 @@ def _fast_compiles():
 def make_state(model_config=MODEL, seed=0, task="easy_vqa"):
   model = ts.build_model(model_config, task)
   tx = optim.bert_adam(1e-3, 10, 0.1, accumulation_steps=2)
-  init = lambda: ts.init_train_state(jax.random.PRNGKey(seed), model, model_config, task, tx)
+
+  def init():
+    return ts.init_train_state(jax.random.PRNGKey(seed), model, model_config, task, tx)
+
   abstract = ts.abstract_train_state(jax.random.PRNGKey(seed), model, model_config, task, tx)
   return init, abstract
 
@@ -38,8 +41,9 @@ def assert_trees_equal(a, b):
 
 def save(directory, state, step, metrics=None, answers=("yes", "no")):
   mngr = ckpt.make_manager(str(directory), best_metric="accuracy")
-  ckpt.save_checkpoint(mngr, step, state, config=CONFIG, model_config=MODEL, answers=answers,
-                       metrics=metrics)
+  ckpt.save_checkpoint(
+    mngr, step, state, config=CONFIG, model_config=MODEL, answers=answers, metrics=metrics
+  )
   mngr.wait_until_finished()
   return mngr
 
@@ -53,9 +57,15 @@ def test_round_trip_and_best_checkpoint_kept(tmp_path):
   directory = tmp_path / "checkpoints"
   mngr = ckpt.make_manager(str(directory), max_to_keep=2, best_metric="accuracy")
   for step, acc in [(1, 0.2), (2, 0.9), (3, 0.1), (4, 0.3), (5, None)]:
-    ckpt.save_checkpoint(mngr, step, state.replace(step=jnp.int32(step)), config=CONFIG,
-                         model_config=MODEL, answers=["a", "b"],
-                         metrics=None if acc is None else {"accuracy": acc})
+    ckpt.save_checkpoint(
+      mngr,
+      step,
+      state.replace(step=jnp.int32(step)),
+      config=CONFIG,
+      model_config=MODEL,
+      answers=["a", "b"],
+      metrics=None if acc is None else {"accuracy": acc},
+    )
   mngr.wait_until_finished()
   assert mngr.all_steps() == [2, 4, 5]  # The 2 latest plus the best (step 2).
   restored = ckpt.restore_checkpoint(mngr, 5, abstract, MODEL)
@@ -84,7 +94,10 @@ def test_mismatched_model_config_lists_params(tmp_path):
 def test_restore_order(tmp_path, caplog):
   make_fresh, abstract = make_state()
   fresh = make_fresh()
-  init = lambda: fresh  # Compiled once; restore_or_initialize only calls it when needed.
+
+  def init():
+    return fresh  # Compiled once; restore_or_initialize only calls it when needed.
+
   # (3) Nothing to restore: fresh init.
   mngr = ckpt.make_manager(str(tmp_path / "run" / "checkpoints"))
   state, source = ckpt.restore_or_initialize(mngr, abstract, init, model_config=MODEL)
@@ -94,32 +107,41 @@ def test_restore_order(tmp_path, caplog):
   other_init, _ = make_state(seed=1)
   other = other_init().replace(step=jnp.int32(30))
   save(tmp_path / "other" / "checkpoints", other, 30)
-  load = lambda: ckpt.load_params(str(tmp_path / "other"), "qa", MODEL)
-  state, source = ckpt.restore_or_initialize(mngr, abstract, init, model_config=MODEL,
-                                             load_init_params=load)
+
+  def load():
+    return ckpt.load_params(str(tmp_path / "other"), "qa", MODEL)
+
+  state, source = ckpt.restore_or_initialize(
+    mngr, abstract, init, model_config=MODEL, load_init_params=load
+  )
   assert source == "init_from" and int(state.step) == 0
   assert_trees_equal(state.params, other.params)
   # dont_load keeps the fresh init for the matching params (and says so).
   with caplog.at_level(std_logging.WARNING):
-    state, _ = ckpt.restore_or_initialize(mngr, abstract, init, model_config=MODEL,
-                                          load_init_params=load, dont_load=("answer_head/.*",))
+    state, _ = ckpt.restore_or_initialize(
+      mngr, abstract, init, model_config=MODEL, load_init_params=load, dont_load=("answer_head/.*",)
+    )
   assert_trees_equal(state.params["answer_head"], fresh.params["answer_head"])
   assert_trees_equal(state.params["lxmert"], other.params["lxmert"])
   assert "kept at their fresh init" in caplog.text
   # (1) A checkpoint in the workdir wins over init_from.
-  ckpt.save_checkpoint(mngr, 3, fresh.replace(step=jnp.int32(3)), config=CONFIG,
-                       model_config=MODEL)
+  ckpt.save_checkpoint(mngr, 3, fresh.replace(step=jnp.int32(3)), config=CONFIG, model_config=MODEL)
   mngr.wait_until_finished()
-  state, source = ckpt.restore_or_initialize(mngr, abstract, init, model_config=MODEL,
-                                             load_init_params=load)
+  state, source = ckpt.restore_or_initialize(
+    mngr, abstract, init, model_config=MODEL, load_init_params=load
+  )
   assert source == "checkpoint" and int(state.step) == 3
   assert_trees_equal(state.params, fresh.params)
 
 
 def test_merge_params_is_loud():
   init = {"a": {"kernel": np.zeros((2, 3))}, "b": np.zeros(4), "head": {"w": np.zeros(2)}}
-  loaded = {"a": {"kernel": np.ones((2, 3))}, "b": np.ones(4), "head": {"w": np.ones(2)},
-            "extra": np.ones(1)}
+  loaded = {
+    "a": {"kernel": np.ones((2, 3))},
+    "b": np.ones(4),
+    "head": {"w": np.ones(2)},
+    "extra": np.ones(1),
+  }
   merged = ckpt.merge_params(init, loaded, dont_load=("head/.*",), source="src")
   np.testing.assert_array_equal(merged["a"]["kernel"], 1)
   np.testing.assert_array_equal(merged["head"]["w"], 0)

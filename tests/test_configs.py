@@ -72,14 +72,26 @@ def test_paper_settings():
     assert (config.batch_size, config.num_epochs, config.optim.max_grad_norm) == (32, 4, 5.0)
     assert (config.optim.learning_rate, config.optim.warmup_fraction) == (lr, 0.1)
     assert config.model.num_qa_labels == answers
-  assert importlib.import_module("configs.nlvr2").get_config().dont_load == ()
+  assert importlib.import_module("configs.nlvr2").get_config().dont_load == ("answer_head/.*",)
 
 
 def test_cli_reports_bad_config_and_exits_nonzero(tmp_path):
-  cmd = [sys.executable, "-m", "lxmert_jax.main", "--config=configs/vqa.py:tiny",
-         f"--workdir={tmp_path}", f"--config.data.data_dir={tmp_path / 'nowhere'}"]
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  cmd = [
+    sys.executable,
+    "-m",
+    "lxmert_jax.main",
+    "--config=configs/vqa.py:tiny",
+    f"--workdir={tmp_path}",
+    f"--config.data.data_dir={tmp_path / 'nowhere'}",
+  ]
+  out = subprocess.run(
+    cmd,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert out.returncode == 1
   assert "config.data.data_dir=" in out.stderr and "is not a directory" in out.stderr
   assert "Traceback" not in out.stderr

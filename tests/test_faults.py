@@ -3,7 +3,6 @@ kill -9 at seeded random moments (one of them during a checkpoint write), SIGTER
 unwritable workdir and a full disk."""
 
 import glob
-import json
 import os
 import random
 import resource
@@ -40,33 +39,52 @@ def cache_dir(tmp_path_factory):
 
 def _command(data_dir, workdir, total_steps=TOTAL_STEPS):
   return [
-    sys.executable, "-m", "lxmert_jax.main", "--config=configs/easy_vqa.py:finetune,tiny",
-    f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-    "--config.model.l_layers=1", "--config.model.x_layers=1",
-    "--config.model.num_object_labels=17", "--config.model.num_attr_labels=7",
-    "--config.batch_size=8", f"--config.total_steps={total_steps}", "--config.eval.splits=",
-    f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.log_every_steps=1",
-    "--config.optim.warmup_fraction=0.0", "--config.optim.learning_rate=1e-3",
+    sys.executable,
+    "-m",
+    "lxmert_jax.main",
+    "--config=configs/easy_vqa.py:finetune,tiny",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.model.l_layers=1",
+    "--config.model.x_layers=1",
+    "--config.model.num_object_labels=17",
+    "--config.model.num_attr_labels=7",
+    "--config.batch_size=8",
+    f"--config.total_steps={total_steps}",
+    "--config.eval.splits=",
+    f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}",
+    "--config.log_every_steps=1",
+    "--config.optim.warmup_fraction=0.0",
+    "--config.optim.learning_rate=1e-3",
   ]
 
 
 def _env(cache_dir):
   env = dict(os.environ)
-  env.update({
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-    "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO,
-    "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-    "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
-  })
+  env.update(
+    {
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+      "JAX_PLATFORMS": "cpu",
+      "TF_CPP_MIN_LOG_LEVEL": "2",
+      "PYTHONPATH": REPO,
+      "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+      "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+    }
+  )
   return env
 
 
 def _start(data_dir, workdir, cache_dir, log, total_steps=TOTAL_STEPS, preexec_fn=None):
-  return subprocess.Popen(_command(data_dir, workdir, total_steps), cwd=REPO,
-                          env=_env(cache_dir), stdout=log, stderr=subprocess.STDOUT,
-                          preexec_fn=preexec_fn)
+  return subprocess.Popen(
+    _command(data_dir, workdir, total_steps),
+    cwd=REPO,
+    env=_env(cache_dir),
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    preexec_fn=preexec_fn,
+  )
 
 
 def _run(data_dir, workdir, cache_dir, log_path, timeout=240, **kwargs):
@@ -91,8 +109,9 @@ def _logged_steps(workdir):
 
 def _checkpoint_steps(workdir):
   directory = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-    directory) else []
+  return (
+    sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  )
 
 
 def _tmp_dirs(workdir):
@@ -147,8 +166,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_run(data_dir, cache
     target = rng.randint(start + 1, TOTAL_STEPS - 1)
     with open(log, "a") as f:
       proc = _start(data_dir, workdir, cache_dir, f)
-      seen = _kill_at(proc, str(workdir), target, rng.uniform(0.0, 0.4),
-                      during_write=len(kills) == 2)
+      seen = _kill_at(
+        proc, str(workdir), target, rng.uniform(0.0, 0.4), during_write=len(kills) == 2
+      )
     if seen is None:  # Finished before the kill: start over from scratch would be pointless.
       pytest.fail(f"run ended before kill {len(kills) + 1}:\n{_tail(log)}")
     kills.append(seen)

@@ -43,10 +43,13 @@ def _same_batches_as_two_hosts(pipeline):
 
   def two_hosts(data_dir, splits, **kwargs):
     kwargs.pop("num_devices", None)
-    per_host = [real(data_dir, splits, num_devices=2, process_index=i, process_count=2, **kwargs)
-                for i in range(2)]
+    per_host = [
+      real(data_dir, splits, num_devices=2, process_index=i, process_count=2, **kwargs)
+      for i in range(2)
+    ]
     return tf.data.Dataset.zip(tuple(per_host)).map(
-      lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a})
+      lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a}
+    )
 
   return two_hosts
 
@@ -70,8 +73,11 @@ def worker(mode, data_dir, workdir, out, port=None, process_id=None):
   result = train.run(_config(data_dir), workdir)
   flat = traverse_util.flatten_dict(result.params, sep="/")
   np.savez(out, **{k: np.asarray(v) for k, v in flat.items()})
-  print(f"worker {mode} {process_id}: {jax.process_count()} processes, {jax.device_count()} "
-        f"devices, step {result.metrics['step']}", flush=True)
+  print(
+    f"worker {mode} {process_id}: {jax.process_count()} processes, {jax.device_count()} "
+    f"devices, step {result.metrics['step']}",
+    flush=True,
+  )
 
 
 def _free_port():
@@ -90,8 +96,13 @@ def _env(num_devices):
 
 
 def _launch(args, num_devices, log):
-  return subprocess.Popen([sys.executable, __file__, *map(str, args)], cwd=REPO,
-                          env=_env(num_devices), stdout=log, stderr=subprocess.STDOUT)
+  return subprocess.Popen(
+    [sys.executable, __file__, *map(str, args)],
+    cwd=REPO,
+    env=_env(num_devices),
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
 
 
 def _wait(procs, logs, timeout):
@@ -127,8 +138,10 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
   multi_dir, single_dir = tmp_path / "multi", tmp_path / "single"
   logs = [str(tmp_path / f"host{i}.log") for i in range(2)] + [str(tmp_path / "single.log")]
   handles = [open(log, "w") for log in logs]
-  procs = [_launch(["multi", data_dir, multi_dir, tmp_path / f"host{i}.npz", port, i], 2,
-                   handles[i]) for i in range(2)]
+  procs = [
+    _launch(["multi", data_dir, multi_dir, tmp_path / f"host{i}.npz", port, i], 2, handles[i])
+    for i in range(2)
+  ]
   procs.append(_launch(["single", data_dir, single_dir, tmp_path / "single.npz"], 4, handles[2]))
   _wait(procs, logs, timeout=480)
   for h in handles:
@@ -144,8 +157,9 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
   # Written once: one line per step (not one per host), one checkpoint per save step.
   multi_losses, single_losses = _losses(multi_dir), _losses(single_dir)
   assert [r["step"] for r in multi_losses] == list(range(1, TOTAL_STEPS + 1))
-  np.testing.assert_allclose([r["loss"] for r in multi_losses],
-                             [r["loss"] for r in single_losses], atol=1e-6, rtol=0)
+  np.testing.assert_allclose(
+    [r["loss"] for r in multi_losses], [r["loss"] for r in single_losses], atol=1e-6, rtol=0
+  )
   assert sorted(os.listdir(multi_dir / "checkpoints")) == ["2", "4"]
   assert json.loads((multi_dir / "results.json").read_text())["step"] == TOTAL_STEPS
   moved = max(float(np.abs(single_losses[0]["loss"] - r["loss"])) for r in single_losses)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 
 import nbformat
@@ -46,6 +47,9 @@ def test_notebook_runs_in_tiny_mode(name, tmp_path, monkeypatch):
   monkeypatch.setenv("JUPYTER_PATH", _kernel_spec_dir(tmp_path / "jupyter"))
   monkeypatch.setenv("LXMERT_NOTEBOOK_TINY", "1")
   monkeypatch.setenv("LXMERT_NOTEBOOK_WORKDIR", str(tmp_path / "work"))
+  # The kernel sees the machine as a user would: conftest's 8 fake CPU devices are for pmap tests.
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.setenv("XLA_FLAGS", flags.strip())
   nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
   client = NotebookClient(
     nb,

@@ -81,8 +81,9 @@ def _small_state(seed):
 def _save_steps(directory, steps):
   mngr = ckpt.make_manager(directory, max_to_keep=5, async_save=True)
   for step in steps:
-    ckpt.save_checkpoint(mngr, step, _small_state(step), config={"seed": 0},
-                         model_config=tiny_model_config())
+    ckpt.save_checkpoint(
+      mngr, step, _small_state(step), config={"seed": 0}, model_config=tiny_model_config()
+    )
   mngr.wait_until_finished()
   mngr.close()
 
@@ -91,8 +92,8 @@ def _restore(directory):
   mngr = ckpt.make_manager(directory, max_to_keep=5)
   abstract = jax.eval_shape(lambda: _small_state(0))
   state, source = ckpt.restore_or_initialize(
-    mngr, abstract, lambda: pytest.fail("must not initialise"),
-    model_config=tiny_model_config())
+    mngr, abstract, lambda: pytest.fail("must not initialise"), model_config=tiny_model_config()
+  )
   mngr.close()
   return state, source
 
@@ -141,8 +142,9 @@ def test_model_mismatch_is_an_error_not_a_fallback(tmp_path):
   directory = str(tmp_path / "checkpoints")
   _save_steps(directory, [1, 2])
   mngr = ckpt.make_manager(directory)
-  other = jax.eval_shape(lambda: _small_state(0).replace(params={"dense": {"kernel": np.zeros(
-    (5, 4), np.float32)}}))
+  other = jax.eval_shape(
+    lambda: _small_state(0).replace(params={"dense": {"kernel": np.zeros((5, 4), np.float32)}})
+  )
   with pytest.raises(ValueError, match="does not fit this model"):
     ckpt.restore_or_initialize(mngr, other, lambda: None, model_config=tiny_model_config())
   assert sorted(os.listdir(directory)) == ["1", "2"]  # Nothing moved aside.

@@ -50,11 +50,18 @@ def make_dataset(tmp_path, num_images=1):
 
 def fixed_batch(config, num_devices):
   """One global batch of the train split as [num_devices, per_device, ...] numpy arrays."""
-  layout = pipeline.Layout.from_info(config.data.data_dir, config.data.max_seq_length,
-                                     2 if config.task == "nlvr2" else 1)
-  data = pipeline.make_eval_dataset(config.data.data_dir, "train", layout=layout,
-                                    global_batch_size=16, num_devices=num_devices,
-                                    process_index=0, process_count=1)
+  layout = pipeline.Layout.from_info(
+    config.data.data_dir, config.data.max_seq_length, 2 if config.task == "nlvr2" else 1
+  )
+  data = pipeline.make_eval_dataset(
+    config.data.data_dir,
+    "train",
+    layout=layout,
+    global_batch_size=16,
+    num_devices=num_devices,
+    process_index=0,
+    process_count=1,
+  )
   batch = next(iter(data))
   return {k: v for k, v in batch.items() if k not in pipeline.HOST_KEYS}
 
@@ -68,8 +75,12 @@ def build(config):
 
 
 def p_step(setup, devices):
-  return jax.pmap(functools.partial(train.train_step, hp=setup.hp), axis_name=train.AXIS,
-                  in_axes=(0, 0, None), devices=devices)
+  return jax.pmap(
+    functools.partial(train.train_step, hp=setup.hp),
+    axis_name=train.AXIS,
+    in_axes=(0, 0, None),
+    devices=devices,
+  )
 
 
 def assert_same_on_all_devices(tree):

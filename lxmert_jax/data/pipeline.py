@@ -220,9 +220,7 @@ def _to_device_layout(ds, num_devices: int):
   import tensorflow as tf
 
   def reshape(batch):
-    return {
-      key: tf.reshape(x, [num_devices, -1, *x.shape[1:]]) for key, x in batch.items()
-    }
+    return {key: tf.reshape(x, [num_devices, -1, *x.shape[1:]]) for key, x in batch.items()}
 
   return ds.map(reshape)
 
@@ -322,8 +320,15 @@ def make_train_dataset(
   logging.info(
     "Train data: %d files of %s on host %d/%d, %d examples/epoch on this host, batch %d/host; "
     "starting at step %d (epoch %d, example %d).",
-    len(files), splits, process_index, process_count, host_examples, per_host, start_step,
-    start_epoch, offset,
+    len(files),
+    splits,
+    process_index,
+    process_count,
+    host_examples,
+    per_host,
+    start_step,
+    start_epoch,
+    offset,
   )
   return ds.with_options(_options(threads))
 
@@ -381,7 +386,9 @@ def make_eval_dataset(
   total = num_examples(data_dir, splits)
   num_batches = math.ceil(math.ceil(total / process_count) / per_host)
   files = sorted(f for split in parse_splits(splits) for f in shards.find_shards(data_dir, split))
-  ds = tf.data.TFRecordDataset(files)  # Sequential: the example order must be the same on all hosts.
+  ds = tf.data.TFRecordDataset(
+    files
+  )  # Sequential: the example order must be the same on all hosts.
   ds = _decode_and_explode(ds, layout, keep_uid=True)
   if process_count > 1:
     ds = ds.enumerate().filter(lambda i, _: i % process_count == process_index)
