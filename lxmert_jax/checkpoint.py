@@ -100,7 +100,19 @@ def _global(tree: PyTree) -> PyTree:
   """Host-local replicated arrays -> global arrays, as Orbax needs on several hosts."""
   if jax.process_count() == 1:
     return tree
-  return ocp.utils.fully_replicated_host_local_array_to_global_array(tree)
+  # The state arrives unreplicated (one local device per host, equal on every host): put a
+  # copy on each local device and declare it replicated over all devices of all hosts.
+  # (ocp.utils.fully_replicated_host_local_array_to_global_array takes one pmap-replicated
+  # array, not a tree of single-device ones.)
+  sharding = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.array(jax.devices()), ("hosts",)), jax.sharding.PartitionSpec())
+
+  def to_global(x):
+    x = jax.numpy.asarray(x)
+    return jax.make_array_from_single_device_arrays(
+      x.shape, sharding, [jax.device_put(x, d) for d in jax.local_devices()])
+
+  return jax.tree.map(to_global, tree)
 
 
 def save_checkpoint(

@@ -147,7 +147,7 @@ def _collect_predictions(pred: np.ndarray, mask: np.ndarray, uids: np.ndarray) -
   return out
 
 
-def write_predictions(
+def write_prediction_file(
   task: str,
   split: str,
   predictions: Mapping[str, int],
@@ -249,7 +249,7 @@ class Evaluator:
         ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items()),
       )
       if write_predictions:
-        write_predictions(
+        write_prediction_file(
           self.config.task,
           split,
           res.predictions,

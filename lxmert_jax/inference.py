@@ -650,6 +650,7 @@ def find_trained_step(workdir: str | os.PathLike) -> tuple[str, int]:
 def load_trained_run(workdir: str | os.PathLike) -> TrainedRun:
   """Reads the latest checkpoint of a training workdir (see ``Predictor.from_workdir``)."""
   import orbax.checkpoint as ocp
+  from absl import logging as absl_logging
 
   from lxmert_jax import checkpoint as ckpt
   from lxmert_jax.data.tokenization import WordPieceTokenizer
@@ -658,10 +659,16 @@ def load_trained_run(workdir: str | os.PathLike) -> TrainedRun:
 
   workdir = os.path.abspath(os.fspath(workdir))
   directory, step = find_trained_step(workdir)
-  loaded = ckpt.load_checkpoint_params(directory, step)
-  mngr = ckpt.make_manager(directory, read_only=True, async_save=False)
-  config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  mngr.close()
+  # Orbax warns on every read-only manager; for loading a finished run that is only noise.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    loaded = ckpt.load_checkpoint_params(directory, step)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  # The run's config (task, data directory, text length) is a JSON item of the same step.
+  config_item = os.path.join(directory, str(step), "config")
+  config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(config_item)
   task = TASK_MODELS[config["task"]]
   model = LxmertPretrained(loaded.model_config, loaded.params, task)
   data = config.get("data", {})

@@ -224,6 +224,8 @@ def test_checkpoint_mismatches_raise(qa_model, answers, vocab_path):
     Predictor(qa_model, answers)
   with pytest.raises(ValueError, match="probability must be one of"):
     Predictor(qa_model, answers, vocab_path, probability="relu")
+  with pytest.raises(ValueError, match="no easy-VQA feature scaling"):
+    Predictor(qa_model, answers, vocab_path).image_features(np.zeros((8, 8, 3), np.uint8))
 
 
 def test_more_boxes_than_trained_warns(predictor, monkeypatch):

@@ -128,6 +128,22 @@ def _losses(workdir):
     return [json.loads(line) for line in f]
 
 
+def test_initialize_needs_all_three_settings_or_none(monkeypatch):
+  from lxmert_jax import distributed
+
+  with pytest.raises(ValueError, match="--coordinator_address, --num_processes and --process_id"):
+    distributed.initialize("127.0.0.1:1234", 2, None)
+  with pytest.raises(ValueError, match=r"--process_id=2 is not in \[0, --num_processes=2\)"):
+    distributed.initialize("127.0.0.1:1234", 2, 2)
+  assert distributed.initialize("127.0.0.1:1234", 1, 0) is False  # One process: nothing to do.
+  for name in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "TPU_ACCELERATOR_TYPE"):
+    monkeypatch.delenv(name, raising=False)
+  if not os.path.exists("/dev/accel0"):
+    assert not distributed.on_tpu_vm() and distributed.initialize() is False
+  monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v4-32")
+  assert distributed.on_tpu_vm()
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
   from test_pipeline import write_dataset

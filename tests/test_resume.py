@@ -20,12 +20,33 @@ from lxmert_jax import train_state as ts
 from lxmert_jax.models.config import tiny_config as tiny_model_config
 
 
+def _read_flag(name):
+  try:
+    return jax.config.read(name)
+  except AttributeError:  # Flags with a context manager are read as attributes.
+    return getattr(jax.config, name)
+
+
 @pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
+def _fast_compiles(tmp_path_factory):
+  from jax.experimental.compilation_cache import compilation_cache
+
+  names = (
+    "jax_disable_most_optimizations",
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
+  old = {n: _read_flag(n) for n in names}
+  # The resumed run loads the steps the first runs compiled from this cache.
+  new = (True, str(tmp_path_factory.mktemp("jax_cache")), 0.0, -1)
+  for n, v in zip(names, new):
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()
   yield
-  jax.config.update("jax_disable_most_optimizations", old)
+  for n, v in old.items():
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()
 
 
 def _pretrain_config(tmp_path, total_steps):

@@ -332,9 +332,9 @@ def extract_files(
     return [r for c in chunks for r in _extract_chunk(c)]
   import multiprocessing
 
-  # One BLAS thread per worker: the per-image matmuls are tiny, and OpenBLAS's spinning
-  # threads made extraction 4x slower in CPU time on a busy 2-core machine (20 vs 5 ms/image).
-  # Spawned workers read these variables when they import numpy.
+  # One BLAS thread per worker: the per-image arrays are tiny, the processes already use every
+  # core, and idle OpenBLAS threads spin (they cost 4x the CPU time of an earlier matmul-based
+  # extractor on a busy 2-core machine). Spawned workers read these when they import numpy.
   saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
   os.environ.update({k: "1" for k in _BLAS_THREAD_VARS})
   try:
