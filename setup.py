@@ -12,6 +12,7 @@ RUNTIME = [
   "ml-collections>=1.1.0",
   "absl-py",
   "clu",
+  "tensorboard",
   "tokenizers",
   "numpy",
   "safetensors",

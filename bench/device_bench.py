@@ -161,8 +161,11 @@ def main(argv=None) -> int:
     common.report(payload, f"JAX is not usable here: {e!r}", args.json)
     return EXIT_NO_ACCELERATOR
   payload["environment"] = env
-  print(f"JAX {env['jax']}, backend {env['backend']}: {env['num_local_devices']} x "
-        f"{env['device_kind']}", flush=True)
+  print(
+    f"JAX {env['jax']}, backend {env['backend']}: {env['num_local_devices']} x "
+    f"{env['device_kind']}",
+    flush=True,
+  )
   if env["backend"] == "cpu" and not args.smoke:
     msg = (
       "No accelerator is visible to JAX (backend 'cpu'): this jax install has no CUDA/TPU "
@@ -191,8 +194,13 @@ def main(argv=None) -> int:
       return 1
   summary = summarize(result, config, batch, env["device_kind"], env["num_local_devices"])
   payload.update(status="ok", result=result, summary=summary)
-  gib = lambda b: f"{b / 2**30:.2f}" if b else "n/a"
-  pct = lambda x: f"{100 * x:.1f}%" if x else "n/a"
+
+  def gib(b):
+    return f"{b / 2**30:.2f}" if b else "n/a"
+
+  def pct(x):
+    return f"{100 * x:.1f}%" if x else "n/a"
+
   rows = [
     ("device", f"{env['num_local_devices']} x {env['device_kind']}"),
     ("global batch / dtype / remat", f"{batch} / {args.dtype} / {config.remat}"),
@@ -202,8 +210,10 @@ def main(argv=None) -> int:
     ("examples/s", f"{result['examples_per_sec']:.1f}"),
     ("MFU (analytic FLOPs)", pct(summary.get("mfu_analytic"))),
     ("MFU (XLA FLOPs)", pct(summary.get("mfu_xla"))),
-    ("XLA / analytic FLOPs", f"{summary['xla_over_analytic']:.3f}"
-     if summary["xla_over_analytic"] else "n/a"),
+    (
+      "XLA / analytic FLOPs",
+      f"{summary['xla_over_analytic']:.3f}" if summary["xla_over_analytic"] else "n/a",
+    ),
     ("peak device memory GiB", gib(result["peak_memory_bytes"])),
     ("projected hours, 20 epochs x 9.18M", f"{summary['projected_hours_20_epochs']:.1f}"),
   ]

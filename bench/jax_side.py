@@ -96,6 +96,7 @@ class TrainBench:
     batch: {key: [batch, ...]} clean pipeline batch (``bench.synthetic.clean_batch``).
     seed: init seed.
     step_fn: a replacement for ``train.train_step`` with ``hp`` bound (``bench.variants``).
+    donate: donate the state to the step, as the training loop does.
   """
 
   def __init__(
@@ -105,6 +106,7 @@ class TrainBench:
     batch: Mapping[str, np.ndarray],
     seed: int = 0,
     step_fn: Callable | None = None,
+    donate: bool = True,
   ):
     devices = jax.local_devices()
     n = len(devices)
@@ -122,7 +124,7 @@ class TrainBench:
     p_step = jax.pmap(
       step_fn,
       axis_name=train.AXIS,
-      donate_argnums=(0,),
+      donate_argnums=(0,) if donate else (),
       in_axes=(0, 0, None),
     )
     self.compiled = aot_compile(p_step, self.state, self.batch, self.rng)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 
 from bench import common
@@ -106,17 +107,21 @@ def achieved(record: dict, peak_gflops: float | None) -> dict:
   return out
 
 
+def _rate_cells(rate: dict, key: str) -> tuple:
+  """(GFLOP/s, '% of peak') of one side and workload, blanks where unknown."""
+  if key not in rate:
+    return None, ""
+  frac = rate[key]["fraction_of_peak"]
+  return rate[key]["gflops"], f"{100 * frac:.0f}%" if frac else ""
+
+
 def table(records: list[dict], dtype: str) -> str:
   rows = []
   for r in records:
     for w in ("train", "infer"):
-      med, rate = r["median_seconds"], r["achieved"]
-      pct = lambda k: (
-        f"{100 * rate[k]['fraction_of_peak']:.0f}%"
-        if k in rate and rate[k]["fraction_of_peak"]
-        else ""
-      )
-      gf = lambda k: rate[k]["gflops"] if k in rate else None
+      med = r["median_seconds"]
+      ours_gf, ours_pct = _rate_cells(r["achieved"], f"ours_{w}")
+      torch_gf, torch_pct = _rate_cells(r["achieved"], f"torch_{w}")
       rows.append(
         (
           r["batch"],
@@ -126,10 +131,10 @@ def table(records: list[dict], dtype: str) -> str:
           med.get(f"torch_{w}"),
           f"{r['speedup'][w]:.2f}x" if w in r["speedup"] else "",
           f">= {TARGETS[w]}x",
-          gf(f"ours_{w}"),
-          gf(f"torch_{w}"),
-          pct(f"ours_{w}"),
-          pct(f"torch_{w}"),
+          ours_gf,
+          torch_gf,
+          ours_pct,
+          torch_pct,
           r["compile_seconds"][w],
         )
       )
@@ -200,4 +205,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  common.reexec_with_malloc_tunables("bench.model_step", sys.argv[1:])
   main()

@@ -43,7 +43,9 @@ def clean_batch(
     "input_ids": input_ids,
     "attention_mask": attention_mask,
     "token_type_ids": np.zeros_like(input_ids),
-    "visual_feats": rng.uniform(0, 3, (batch, num_boxes, config.visual_feat_dim)).astype(np.float32),
+    "visual_feats": rng.uniform(0, 3, (batch, num_boxes, config.visual_feat_dim)).astype(
+      np.float32
+    ),
     "visual_pos": boxes.reshape(batch, num_boxes, 4).astype(np.float32),  # (x1, y1, x2, y2)
     "obj_labels": rng.integers(0, config.num_object_labels, (batch, num_boxes)).astype(np.int32),
     "obj_confs": rng.uniform(0, 1, (batch, num_boxes)).astype(np.float32),

@@ -43,7 +43,10 @@ def to_torch(targets: Mapping[str, np.ndarray]) -> dict:
   import torch
 
   t = {k: torch.from_numpy(np.asarray(v)) for k, v in targets.items()}
-  ignore = lambda x: torch.where(x == -1, HF_IGNORE, x).long()
+
+  def ignore(x):
+    return torch.where(x == -1, HF_IGNORE, x).long()
+
   return {
     "inputs": {
       "input_ids": t["input_ids"].long(),

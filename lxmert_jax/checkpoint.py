@@ -105,12 +105,14 @@ def _global(tree: PyTree) -> PyTree:
   # (ocp.utils.fully_replicated_host_local_array_to_global_array takes one pmap-replicated
   # array, not a tree of single-device ones.)
   sharding = jax.sharding.NamedSharding(
-    jax.sharding.Mesh(np.array(jax.devices()), ("hosts",)), jax.sharding.PartitionSpec())
+    jax.sharding.Mesh(np.array(jax.devices()), ("hosts",)), jax.sharding.PartitionSpec()
+  )
 
   def to_global(x):
     x = jax.numpy.asarray(x)
     return jax.make_array_from_single_device_arrays(
-      x.shape, sharding, [jax.device_put(x, d) for d in jax.local_devices()])
+      x.shape, sharding, [jax.device_put(x, d) for d in jax.local_devices()]
+    )
 
   return jax.tree.map(to_global, tree)
 

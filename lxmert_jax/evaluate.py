@@ -207,9 +207,17 @@ class Evaluator:
   def __init__(
     self, config, p_eval_step: Callable, shard: Callable, *, weights, answers, workdir: str, writer
   ):
-    """Args: the run's config, the pmapped eval step, the host->device batch sharding, the
-    objective weights of the total loss, the answer vocabulary (predictions), the workdir
-    (predictions/ goes there) and the metric writer."""
+    """Sets up the evaluation of one run.
+
+    Args:
+      config: the run's config (data, eval and task fields).
+      p_eval_step: pmapped ``train.eval_step``.
+      shard: host batch -> device batch.
+      weights: objective -> weight of the total ``loss``.
+      answers: answer vocabulary, to decode QA predictions.
+      workdir: prediction files go to ``<workdir>/predictions``.
+      writer: metric writer for ``eval_<split>/*`` scalars.
+    """
     self.config, self.p_eval_step, self.shard = config, p_eval_step, shard
     self.weights, self.answers, self.workdir, self.writer = weights, answers, workdir, writer
     self.layout = pipeline.Layout.from_info(

@@ -242,60 +242,18 @@ def prefetch_to_device(iterator: Iterator[dict], size: int) -> Iterator[dict]:
     enqueue(1)
 
 
-class _SummaryWriter:
-  """ADAPTER (until the tensorboard package is a dependency): clu's metric_writers import
-  tensorboard at import time. This writes the same scalars with tf.summary (TensorBoard event
-  files) and to the log."""
-
-  def __init__(self, logdir: str | None):
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
-    self._tf = tf
-    self._file = tf.summary.create_file_writer(logdir) if logdir else None
-    # What tf.summary.scalar would attach: the TensorBoard scalars plugin marker.
-    self._metadata = summary_pb2.SummaryMetadata(
-      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-    )
-
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
-    if self._file is not None:
-      with self._file.as_default():
-        for name, value in scalars.items():
-          self._tf.summary.write(
-            name,
-            self._tf.constant(float(value), self._tf.float32),
-            step=step,
-            metadata=self._metadata,
-          )
-
-  def flush(self) -> None:
-    if self._file is not None:
-      self._file.flush()
-
-  def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-
-
 def create_writer(workdir: str, just_logging: bool):
-  """clu's default writer (TensorBoard + log); the tf.summary adapter if clu cannot load it."""
-  try:
-    from clu import metric_writers
-  except ImportError as e:
-    logging.warning("clu.metric_writers unavailable (%s); writing tf.summary directly.", e)
-    return _SummaryWriter(None if just_logging else workdir)
+  """clu's default writer: TensorBoard event files plus the log (log only on other hosts)."""
+  from clu import metric_writers
+
   return metric_writers.create_default_writer(workdir, just_logging=just_logging)
 
 
 def _progress_hooks(config, setup: RunSetup, writer, workdir: str) -> list:
-  """clu's ReportProgress and Profile on host 0 (none if clu.periodic_actions cannot load)."""
+  """clu's ReportProgress and Profile on host 0."""
+  from clu import periodic_actions
+
   if jax.process_index() != 0:
-    return []
-  try:
-    from clu import periodic_actions
-  except ImportError:  # Same tensorboard import; our own progress line still runs.
     return []
   hooks = [
     periodic_actions.ReportProgress(

@@ -264,9 +264,13 @@ def make_setup(config: ml_collections.ConfigDict) -> RunSetup:
     )
   k = config.optim.grad_accum_steps
   micro_batch = config.batch_size // k
-  steps_per_epoch = (
-    pipeline.steps_per_epoch(config.data.data_dir, config.data.train_splits, config.batch_size) * k
-  )
+  if config.mode == "eval":  # No training: the train splits need not exist.
+    steps_per_epoch = k
+  else:
+    steps_per_epoch = (
+      pipeline.steps_per_epoch(config.data.data_dir, config.data.train_splits, config.batch_size)
+      * k
+    )
   if config.total_steps is not None:  # Durations: total_steps wins over num_epochs.
     total_updates = int(config.total_steps)
   else:

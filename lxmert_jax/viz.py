@@ -108,7 +108,7 @@ def plot_box_attention(
   token: int | str = 0,
   ax=None,
 ) -> Figure:
-  """The image with every box outlined and tinted by how much ``token`` attends to it.
+  """The image with every box outlined in the colour of how much ``token`` attends to it.
 
   Args:
     pred: a prediction made with ``output_attentions=True``.
@@ -170,12 +170,7 @@ def plot_box_attention(
       va="top",
       fontsize=8,
       color="white",
-      bbox={
-        "boxstyle": "round,pad=0.15",
-        "facecolor": cmap(float(norm(weights[n]))),
-        "alpha": 0.85,
-        "linewidth": 0,
-      },
+      bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.75, "linewidth": 0},
       annotation_clip=False,
     )
   ax.set_xticks([])

@@ -29,8 +29,19 @@ def _positive(x):
 def test_model_step_tiny_runs_both_sides_alternating(tmp_path):
   out = tmp_path / "model_step.json"
   model_step.main(
-    ["--tiny", "--batches", "8", "--warmup", "0", "--repeats", "2", "--peak_gflops", "100",
-     "--json", str(out)]
+    [
+      "--tiny",
+      "--batches",
+      "8",
+      "--warmup",
+      "0",
+      "--repeats",
+      "2",
+      "--peak_gflops",
+      "100",
+      "--json",
+      str(out),
+    ]
   )
   data = _load(out)
   (record,) = data["results"]

@@ -1,5 +1,6 @@
 """Orbax checkpoints: round trip, restore order, loud params-only merge, config mismatch."""
 
+import functools
 import logging as std_logging
 
 import jax
@@ -24,15 +25,19 @@ def _fast_compiles():
   jax.config.update("jax_disable_most_optimizations", old)
 
 
-def make_state(model_config=MODEL, seed=0, task="easy_vqa"):
+@functools.cache
+def _fresh(model_config, seed, task):
   model = ts.build_model(model_config, task)
   tx = optim.bert_adam(1e-3, 10, 0.1, accumulation_steps=2)
-
-  def init():
-    return ts.init_train_state(jax.random.PRNGKey(seed), model, model_config, task, tx)
-
+  state = ts.init_train_state(jax.random.PRNGKey(seed), model, model_config, task, tx)
   abstract = ts.abstract_train_state(jax.random.PRNGKey(seed), model, model_config, task, tx)
-  return init, abstract
+  return state, abstract
+
+
+def make_state(model_config=MODEL, seed=0, task="easy_vqa"):
+  """(init_fn, abstract state); the init compiles once per (config, seed) for the module."""
+  state, abstract = _fresh(model_config, seed, task)
+  return (lambda: state), abstract
 
 
 def assert_trees_equal(a, b):
@@ -92,12 +97,8 @@ def test_mismatched_model_config_lists_params(tmp_path):
 
 
 def test_restore_order(tmp_path, caplog):
-  make_fresh, abstract = make_state()
-  fresh = make_fresh()
-
-  def init():
-    return fresh  # Compiled once; restore_or_initialize only calls it when needed.
-
+  init, abstract = make_state()
+  fresh = init()
   # (3) Nothing to restore: fresh init.
   mngr = ckpt.make_manager(str(tmp_path / "run" / "checkpoints"))
   state, source = ckpt.restore_or_initialize(mngr, abstract, init, model_config=MODEL)

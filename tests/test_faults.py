@@ -53,6 +53,7 @@ def _command(data_dir, workdir, total_steps=TOTAL_STEPS):
     f"--config.total_steps={total_steps}",
     "--config.eval.splits=",
     f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}",
+    "--config.checkpoint.max_to_keep=2",
     "--config.log_every_steps=1",
     "--config.optim.warmup_fraction=0.0",
     "--config.optim.learning_rate=1e-3",
@@ -240,7 +241,7 @@ def test_unwritable_workdir_and_full_disk_are_clear_errors(data_dir, cache_dir, 
   assert _run(data_dir, blocker / "work", cache_dir, log) == 1
   assert f"error: [Errno 20] Not a directory: '{blocker}" in _tail(log)
 
-  # Full disk: a run that wrote checkpoints 2 and 4, resumed with files capped at 4 KiB
+  # Full disk: a run that wrote checkpoints 2 and 4, resumed with files capped at 16 KiB
   # (RLIMIT_FSIZE: writes fail with EFBIG, as ENOSPC would), stops with an error.
   workdir = tmp_path / "work"
   assert _run(data_dir, workdir, cache_dir, log, total_steps=4) == 0, _tail(log)
@@ -248,12 +249,24 @@ def test_unwritable_workdir_and_full_disk_are_clear_errors(data_dir, cache_dir, 
   assert before == [2, 4]
 
   def cap_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
 
-  log = str(tmp_path / "full.log")
-  assert _run(data_dir, workdir, cache_dir, log, total_steps=8, preexec_fn=cap_file_size) == 1
-  tail = _tail(log)
-  assert "error:" in tail and "File too large" in tail, tail
+  # Output through a pipe: the cap applies to every file the run writes, a log file included.
+  proc = subprocess.run(
+    _command(data_dir, workdir, 8),
+    cwd=REPO,
+    env=_env(cache_dir),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    timeout=900,
+    preexec_fn=cap_file_size,
+  )
+  with open(tmp_path / "full.log", "w") as f:
+    f.write(proc.stdout)
+  errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 1 and errors, proc.stdout[-3000:]
+  assert "File too large" in errors[-1], errors
   # The earlier checkpoints are intact and restorable; the failed step is not listed.
   assert _checkpoint_steps(workdir) == before
   ckpt.load_checkpoint_params(str(workdir / "checkpoints"), 4)

@@ -7,6 +7,8 @@ Also runnable as the worker: ``python tests/test_multihost.py MODE DATA_DIR WORK
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +80,26 @@ def worker(mode, data_dir, workdir, out, port=None, process_id=None):
     f"devices, step {result.metrics['step']}",
     flush=True,
   )
+
+
+def preempt_worker(workdir, port, process_id):
+  """Steps until preemption.reached() says stop; prints the step (SIGTERM goes to one host)."""
+  import jax
+  import orbax.checkpoint as ocp
+  from jax.experimental import multihost_utils
+
+  from lxmert_jax import distributed, preemption
+
+  distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  preemption.install()  # Leaves SIGTERM to JAX's preemption service here.
+  open(os.path.join(workdir, f"ready{process_id}"), "w").close()
+  for step in range(1, 100_000):
+    if preemption.reached(mngr, step):
+      print(f"process {jax.process_index()} stops at step {step}", flush=True)
+      return
+    multihost_utils.sync_global_devices(f"step{step}")
+    time.sleep(0.01)
 
 
 def _free_port():
@@ -182,5 +204,30 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
   assert moved > 0  # The runs trained (losses change), so equality is not vacuous.
 
 
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+  port = _free_port()
+  logs = [str(tmp_path / f"host{i}.log") for i in range(2)]
+  handles = [open(log, "w") for log in logs]
+  procs = [_launch(["preempt", tmp_path, port, i], 1, handles[i]) for i in range(2)]
+  deadline = time.time() + 300
+  while not all(os.path.exists(tmp_path / f"ready{i}") for i in range(2)):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), _tail(logs[0])
+    time.sleep(0.1)
+  time.sleep(1.0)
+  procs[1].send_signal(signal.SIGTERM)
+  _wait(procs, logs, timeout=120)
+  for h in handles:
+    h.close()
+  stops = [re.findall(r"process (\d) stops at step (\d+)", _tail(log)) for log in logs]
+  assert stops[0] and stops[1], [_tail(log) for log in logs]
+  assert stops[0][0][1] == stops[1][0][1]  # Same step on both hosts.
+  # Through JAX's preemption service and Orbax, not a Python handler of ours.
+  assert all("Reached preemption sync point" in _tail(log, 100_000) for log in logs)
+
+
 if __name__ == "__main__":
-  worker(*sys.argv[1:])
+  if sys.argv[1] == "preempt":
+    preempt_worker(*sys.argv[2:])
+  else:
+    worker(*sys.argv[1:])

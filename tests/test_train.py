@@ -14,6 +14,7 @@ from configs import easy_vqa, nlvr2, pretrain
 from lxmert_jax import train
 from lxmert_jax import train_state as ts
 from lxmert_jax.data import pipeline
+from tfrecords_tools import shards
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,10 +140,12 @@ def test_one_step_train_and_evaluate(tmp_path, monkeypatch):
   assert os.path.isdir(workdir / "checkpoints" / "1" / "params")
   rows = json.loads((workdir / "predictions" / "test_predict.json").read_text())
   assert len(rows) == metrics["num_examples"]
-  assert {r["answer"] for r in rows} <= set(train.shards.read_info(str(data_dir))["answer_vocab"])
-  # Running again resumes from the checkpoint: nothing left to train, same eval metrics.
+  assert {r["answer"] for r in rows} <= set(shards.read_info(str(data_dir))["answer_vocab"])
+  # mode=eval restores the checkpoint (no training) and reproduces the eval metrics.
+  config.mode = "eval"
   again = train.train_and_evaluate(config, str(workdir))
-  assert again["init"] == "checkpoint" and again["eval"] == results["eval"]
+  assert again["init"] == "checkpoint" and again["step"] == 1
+  assert again["eval"] == results["eval"]
 
 
 def _losses_over_steps(config, steps):
@@ -162,6 +165,7 @@ def _assert_falls(losses, factor):
   assert np.all(np.isfinite(losses)) and last < factor * first, losses
 
 
+@pytest.mark.slow
 def test_qa_loss_falls(tmp_path):
   config = tiny_config(easy_vqa, make_dataset(tmp_path), "finetune,tiny", total_steps=12)
   config.optim.learning_rate = 1e-3
@@ -177,9 +181,10 @@ def test_pretrain_loss_falls(tmp_path):
 
 @pytest.mark.slow
 def test_nlvr2_loss_falls(tmp_path):
-  config = tiny_config(nlvr2, make_dataset(tmp_path, num_images=2), total_steps=20)
-  config.optim.learning_rate = 1e-3
-  _assert_falls(_losses_over_steps(config, 20), 0.9)
+  # The 2-way head sits at ln 2 for ~10 steps, then fits (0.695 -> 0.10 in 30 steps measured).
+  config = tiny_config(nlvr2, make_dataset(tmp_path, num_images=2), total_steps=30)
+  config.optim.learning_rate = 3e-4
+  _assert_falls(_losses_over_steps(config, 30), 0.5)
 
 
 @pytest.mark.slow

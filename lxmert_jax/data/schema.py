@@ -206,7 +206,10 @@ def encode_group(
       f"image {images[0].img_id!r}: features overflow {feat_dtype} (|x| > 65504); "
       "use --feat_dtype=float32"
     )
-  cat = lambda name: np.concatenate([np.asarray(getattr(i, name)).reshape(-1) for i in images])
+
+  def cat(name):
+    return np.concatenate([np.asarray(getattr(i, name)).reshape(-1) for i in images])
+
   feature = {
     "img_id": _bytes(i.img_id.encode() for i in images),
     "img_h": _ints(i.img_h for i in images),
@@ -271,13 +274,17 @@ def decode_group(serialized, feat_dtype: str = "float16"):
   import tensorflow as tf
 
   ex = tf.io.parse_single_example(serialized, feature_spec())
-  dense = {k: tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v
-           for k, v in ex.items()}
+  dense = {
+    k: tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v for k, v in ex.items()
+  }
   n = tf.cast(dense["num_boxes"][0], tf.int32)
   f = tf.cast(dense["feat_dim"][0], tf.int32)
   feats = tf.io.decode_raw(dense["features"], FEATURE_DTYPES[feat_dtype], little_endian=True)
   feats = tf.reshape(tf.cast(feats, tf.float32), [-1, n, f])
-  per_box = lambda x, dtype: tf.reshape(tf.cast(x, dtype), [-1, n])
+
+  def per_box(x, dtype):
+    return tf.reshape(tf.cast(x, dtype), [-1, n])
+
   return {
     "img_id": dense["img_id"],
     "img_h": tf.cast(dense["img_h"], tf.int32),
@@ -294,7 +301,9 @@ def decode_group(serialized, feat_dtype: str = "float16"):
     ),
     "answer_type": tf.cast(dense["answer_type"], tf.int32),
     "label": tf.cast(dense["label"], tf.int32),
-    "ans_id": tf.RaggedTensor.from_row_lengths(tf.cast(dense["ans_id"], tf.int32), dense["ans_len"]),
+    "ans_id": tf.RaggedTensor.from_row_lengths(
+      tf.cast(dense["ans_id"], tf.int32), dense["ans_len"]
+    ),
     "ans_score": tf.RaggedTensor.from_row_lengths(dense["ans_score"], dense["ans_len"]),
   }
 
