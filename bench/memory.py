@@ -93,12 +93,15 @@ def main(argv=None):
   parser.add_argument("--batches", type=int, nargs=2, default=[8, 32])
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
   parser.add_argument("--device_gib", type=float, default=16.0)
+  parser.add_argument(
+    "--remat_modes", nargs="+", choices=("off", "on"), default=["off", "on"], help="config.remat"
+  )
   args = parser.parse_args(argv)
 
   base = common.model_config(args.tiny)
   device_bytes = args.device_gib * GIB
   results, rows = [], []
-  for remat in (False, True):
+  for remat in (mode == "on" for mode in args.remat_modes):
     config = base.replace(remat=remat)
     small, large = (compile_step(config, args.dtype, b) for b in args.batches)
     est = fit(small, large, device_bytes)

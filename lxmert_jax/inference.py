@@ -154,7 +154,7 @@ class Predictor:
       seq_buckets: token lengths to compile for; defaults to the tokenizer's max length.
       max_boxes: boxes per image the checkpoint was trained with; more boxes warn (the model
         accepts any number, but the answers come from outside the training distribution).
-      dtype: compute dtype passed to ``load_pretrained``.
+      dtype: compute dtype of the model when it is loaded from a path (params stay float32).
     """
     from lxmert_jax.checkpoint import find_checkpoint_step
     from lxmert_jax.pretrained import load_pretrained
@@ -165,7 +165,7 @@ class Predictor:
     self.feature_scaling: dict | None = None
     if directory is not None and find_checkpoint_step(os.fspath(directory)) is not None:
       # A training workdir: its checkpoint carries the answers; vocab and data sit beside it.
-      run = load_trained_run(directory)
+      run = load_trained_run(directory, dtype=dtype)
       checkpoint, answers = run.model, run.answers if answers is None else answers
       tokenizer = run.tokenizer if tokenizer is None else tokenizer
       max_boxes = run.num_boxes if max_boxes is None else max_boxes
@@ -454,7 +454,7 @@ def _normalise(logits: np.ndarray, probability: str) -> np.ndarray:
   """[B, A] logits -> probabilities, computed in float64 so tiny ones do not round to 0."""
   x = logits.astype(np.float64)
   if probability == "sigmoid":
-    return 1.0 / (1.0 + np.exp(-x))
+    return np.exp(-np.logaddexp(0.0, -x))  # 1 / (1 + e^-x) without overflow for x << 0
   x = x - x.max(axis=-1, keepdims=True)
   e = np.exp(x)
   return e / e.sum(axis=-1, keepdims=True)
@@ -647,7 +647,7 @@ def find_trained_step(workdir: str | os.PathLike) -> tuple[str, int]:
   return found
 
 
-def load_trained_run(workdir: str | os.PathLike) -> TrainedRun:
+def load_trained_run(workdir: str | os.PathLike, dtype=jnp.float32) -> TrainedRun:
   """Reads the latest checkpoint of a training workdir (see ``Predictor.from_workdir``)."""
   import orbax.checkpoint as ocp
   from absl import logging as absl_logging
@@ -670,7 +670,7 @@ def load_trained_run(workdir: str | os.PathLike) -> TrainedRun:
   config_item = os.path.join(directory, str(step), "config")
   config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(config_item)
   task = TASK_MODELS[config["task"]]
-  model = LxmertPretrained(loaded.model_config, loaded.params, task)
+  model = LxmertPretrained(loaded.model_config, loaded.params, task, dtype)
   data = config.get("data", {})
   run_dir = (
     os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory

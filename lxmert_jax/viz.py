@@ -160,19 +160,24 @@ def plot_box_attention(
         else None,
       )
     )
-  for rank, n in enumerate(np.argsort(-weights, kind="stable")[:NUM_LABELLED_BOXES]):
+  # The strongest boxes get their index at the top-left corner (small, haloed: easy-VQA boxes
+  # are small and nested) and their weights under the image, where they cannot hide anything.
+  strongest = np.argsort(-weights, kind="stable")[:NUM_LABELLED_BOXES]
+  halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
+  for n in strongest:
     x1, y1 = pred.boxes[n, :2] * scale[:2]
     ax.annotate(
-      f"#{n}: {weights[n]:.3f}",
+      f"#{n}",
       (x1, y1),
-      xytext=(3, -3 - 12 * rank),
+      xytext=(1, 1),
       textcoords="offset points",
-      va="top",
-      fontsize=8,
-      color="white",
-      bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.75, "linewidth": 0},
+      va="bottom",
+      fontsize=7,
+      color="black",
+      path_effects=halo,
       annotation_clip=False,
     )
+  ax.set_xlabel("strongest: " + ",  ".join(f"#{n} {weights[n]:.3f}" for n in strongest), fontsize=8)
   ax.set_xticks([])
   ax.set_yticks([])
   num_layers = _maps(pred).language_to_vision.shape[0]
@@ -241,14 +246,29 @@ def plot_prediction(
   layer: int = -1,
   head: int | None = None,
   token: int | str = 0,
-  box: int | None = None,
+  box: int | str | None = "top",
 ) -> Figure:
-  """One figure with the three views side by side: boxes, tokens, answers (see above)."""
+  """One figure with the three views side by side: boxes, tokens, answers (see above).
+
+  ``box="top"`` (default) shows, in the token panel, the box that ``token`` attends to most, so
+  the two attention panels read as one path: the token looks at that box, which looks back at
+  these words. ``box=None`` averages over boxes; an int picks one.
+  """
+  strongest = box == "top"
+  if strongest:
+    box = int(np.argmax(box_attention(pred, layer=layer, head=head, token=token)))
   num_tokens = len(pred.tokens)
-  fig = Figure(figsize=(6.0 + max(4.0, 0.45 * num_tokens) + 4.5, 4.6), layout="constrained")
-  axes = fig.subplots(1, 3, width_ratios=[6.0, max(4.0, 0.45 * num_tokens), 4.5])
+  widths = [6.0, max(4.0, 0.45 * num_tokens), 4.5]
+  fig = Figure(figsize=(sum(widths), 4.6), layout="constrained")
+  axes = fig.subplots(1, 3, width_ratios=widths)
   plot_box_attention(pred, image, layer=layer, head=head, token=token, ax=axes[0])
   plot_token_attention(pred, layer=layer, head=head, box=box, ax=axes[1])
+  if strongest:
+    title = axes[1].get_title()
+    who = pred.tokens[token_index(pred, token)]
+    axes[1].set_title(
+      title.replace(f"box #{box}", f"box #{box} (strongest for {who!r})", 1), fontsize=9
+    )
   plot_answers(pred, ax=axes[2])
   return fig
 

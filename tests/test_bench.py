@@ -26,6 +26,9 @@ def _positive(x):
   return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
+# The three tests that compile a train step take ~10-30 s each on 2 idle cores (minutes when the
+# machine is loaded), hence "slow" (still run by CI).
+@pytest.mark.slow
 def test_model_step_tiny_runs_both_sides_alternating(tmp_path):
   out = tmp_path / "model_step.json"
   model_step.main(
@@ -54,11 +57,12 @@ def test_model_step_tiny_runs_both_sides_alternating(tmp_path):
   assert _positive(record["analytic_flops"]["train"])
 
 
+@pytest.mark.slow
 def test_memory_tiny_fits_a_line(tmp_path):
   out = tmp_path / "memory.json"
-  memory.main(["--tiny", "--batches", "8", "16", "--json", str(out)])
+  memory.main(["--tiny", "--batches", "8", "16", "--remat_modes", "on", "--json", str(out)])
   data = _load(out)
-  assert [r["remat"] for r in data["results"]] == [False, True]
+  assert [r["remat"] for r in data["results"]] == [True]
   for r in data["results"]:
     small, large = r["compiles"]
     assert large["peak_bytes"] > small["peak_bytes"] > 0
@@ -74,6 +78,7 @@ def test_input_pipeline_tiny_reads_synthetic_shards(tmp_path):
   assert _positive(data["host_cores_per_chip"])
 
 
+@pytest.mark.slow
 def test_device_bench_smoke_runs_on_cpu(tmp_path):
   out = tmp_path / "device.json"
   assert device_bench.main(["--smoke", "--json", str(out)]) == 0

@@ -361,3 +361,15 @@ def test_predict_cli(easy_vqa_workdir, tmp_path, capsys):
   assert "x.png not found" in capsys.readouterr().err
   assert predict.main(argv[:3] + ["--question", " "]) == 1
   assert "question 0 is empty" in capsys.readouterr().err
+
+
+def test_probabilities_at_extreme_logits():
+  from lxmert_jax.inference import _normalise
+
+  logits = np.array([[-1000.0, -30.0, 0.0, 30.0, 1000.0]])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no overflow on the way
+    sig = _normalise(logits, "sigmoid")
+    soft = _normalise(logits, "softmax")
+  np.testing.assert_allclose(sig, [[0.0, 1 / (1 + np.exp(30)), 0.5, 1 / (1 + np.exp(-30)), 1.0]])
+  np.testing.assert_allclose(soft, [[0, 0, 0, 0, 1]], atol=1e-300)

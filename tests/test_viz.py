@@ -58,10 +58,10 @@ def test_box_attention_colours_every_box_by_its_weight(pred):
     np.testing.assert_allclose((rect.get_width(), rect.get_height()), (x2 - x1, y2 - y1), atol=1e-9)
   assert "'color'" in ax.get_title() and "x-layer 0 (of 2), head 1" in ax.get_title()
   assert cbar_ax.get_ylabel() == f"attention weight (uniform = {1 / N:.3f})"
-  # The strongest boxes are labelled with their index and weight.
-  labels = [t.get_text() for t in ax.texts]
-  assert f"#{order[-1]}: {weights[order[-1]]:.3f}" in labels
-  assert len(labels) == viz.NUM_LABELLED_BOXES
+  # The strongest boxes are numbered on the image, their weights listed under it.
+  top = order[::-1][: viz.NUM_LABELLED_BOXES]
+  assert [t.get_text() for t in ax.texts] == [f"#{n}" for n in top]
+  assert ax.get_xlabel() == "strongest: " + ",  ".join(f"#{n} {weights[n]:.3f}" for n in top)
 
 
 def test_box_attention_mean_over_heads_without_image(pred):
@@ -94,9 +94,20 @@ def test_answer_bars(pred):
 
 
 def test_combined_figure_saves_png(pred, tmp_path):
-  fig = viz.plot_prediction(pred, np.zeros((32, 32, 3), np.uint8), token="shape", box=0)
+  from PIL import Image
+
+  image_path = tmp_path / "image.png"
+  Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(image_path)
+  fig = viz.plot_prediction(pred, str(image_path), token="shape")
   assert len(fig.axes) == 4  # boxes, tokens, answers, colourbar
-  assert len(_rectangles(fig.axes[0])) == N and len(_rectangles(fig.axes[1])) == len(TOKENS)
+  boxes_ax, tokens_ax = fig.axes[:2]
+  assert len(_rectangles(boxes_ax)) == N and len(_rectangles(tokens_ax)) == len(TOKENS)
+  assert boxes_ax.get_images()[0].get_array().shape[:2] == (32, 48)
+  # By default the token panel shows the box that 'shape' attends to most.
+  top = int(np.argmax(viz.box_attention(pred, token="shape")))
+  want = viz.token_attention(pred, box=top)
+  np.testing.assert_allclose([b.get_height() for b in _rectangles(tokens_ax)], want)
+  assert f"box #{top} (strongest for 'shape')" in tokens_ax.get_title()
   path = viz.save(fig, tmp_path / "sub" / "attention.png")
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

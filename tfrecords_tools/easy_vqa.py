@@ -1,6 +1,6 @@
 """Converts easy-VQA (the installed ``easy-vqa`` package) into LXMERT image-group TFRecords.
 
-Example (takes about 15 s on 2 cores; nothing is downloaded)::
+Example (about 20 s of CPU time, 2 worker processes; nothing is downloaded)::
 
   python -m tfrecords_tools.easy_vqa --output_dir /tmp/easy_vqa_data --num_shards 8
 

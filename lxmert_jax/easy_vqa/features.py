@@ -333,8 +333,8 @@ def extract_files(
   import multiprocessing
 
   # One BLAS thread per worker: the per-image arrays are tiny, the processes already use every
-  # core, and idle OpenBLAS threads spin (they cost 4x the CPU time of an earlier matmul-based
-  # extractor on a busy 2-core machine). Spawned workers read these when they import numpy.
+  # core, and idle OpenBLAS threads spin (matmul-based box sums cost 4x the CPU time with them
+  # on a busy 2-core machine). Spawned workers read these when they import numpy.
   saved = {k: os.environ.get(k) for k in _BLAS_THREAD_VARS}
   os.environ.update({k: "1" for k in _BLAS_THREAD_VARS})
   try:
