@@ -111,14 +111,39 @@ def convert(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from tfrecords_tools import easy_vqa as easy_vqa_tool
 
   c = config.convert
-  return easy_vqa_tool.convert_easy_vqa(
-    data_dir(workdir, "scratch"),
+  directory = data_dir(workdir, "scratch")
+  info = easy_vqa_tool.convert_easy_vqa(
+    directory,
     num_shards=c.num_shards,
     num_boxes=c.num_boxes,
     max_seq_length=config.finetune.data.max_seq_length,
     workers=c.workers or None,
     max_images=c.max_images or None,
   )
+  return add_tokenizer_info(directory, info)
+
+
+def add_tokenizer_info(directory: str, info: dict) -> dict:
+  """Adds the ``tokenizer`` block (vocab size, special ids) that training reads, if missing.
+
+  Training sizes the word embeddings and masks tokens for MLM from ``info['tokenizer']`` (as
+  ``tfrecords_tools/convert.py`` records it); without it MLM would mask with BERT's [MASK]
+  id 103 in a 121-token vocabulary. The ids come from the conversion's own vocab.txt.
+  """
+  from lxmert_jax.data.tokenization import WordPieceTokenizer
+  from tfrecords_tools import shards
+
+  if "mask_id" in info.get("tokenizer", {}):
+    return info
+  vocab = WordPieceTokenizer(os.path.join(directory, info.get("vocab_file", "vocab.txt")))
+  info = dict(info)
+  info["tokenizer"] = {
+    "vocab_size": vocab.vocab_size,
+    "max_seq_length": int(info.get("max_seq_length", vocab.max_seq_length)),
+    **{k: getattr(vocab, k) for k in ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")},
+  }
+  shards.write_info(directory, info)
+  return info
 
 
 def blank_visual(feature) -> None:
@@ -251,8 +276,13 @@ def train_one(name: str, configs: Mapping, workdir: str) -> dict:
   if name in BASELINES:
     prepare_baseline_data(workdir, name)
   prepared = time.time() - start
-  _say("%s: start, %d steps of %d examples -> %s", name, config.total_steps, config.batch_size,
-       directory)
+  _say(
+    "%s: start, %d steps of %d examples -> %s",
+    name,
+    config.total_steps,
+    config.batch_size,
+    directory,
+  )
   metrics = train.train_and_evaluate(config, directory)
   elapsed = time.time() - start
   record = {
@@ -266,8 +296,12 @@ def train_one(name: str, configs: Mapping, workdir: str) -> dict:
   }
   _write_json(os.path.join(directory, RUN_RECORD), record)
   accuracy = metrics.get("eval", {}).get(TEST_SPLIT, {}).get("accuracy")
-  _say("%s: done in %s%s", name, _fmt_secs(elapsed),
-       "" if accuracy is None else f", test accuracy {100 * accuracy:.2f}%")
+  _say(
+    "%s: done in %s%s",
+    name,
+    _fmt_secs(elapsed),
+    "" if accuracy is None else f", test accuracy {100 * accuracy:.2f}%",
+  )
   return record
 
 
@@ -330,8 +364,14 @@ class LaneProcess:
     self.log = open(self.log_path, "w")
     self.run, self.step, self.ms_per_step = None, 0, None
     cmd = [sys.executable, "-m", "lxmert_jax.demo", f"--workdir={workdir}", f"--lane={lane}"]
-    self.proc = subprocess.Popen(cmd, env=lane_env(threads), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
+    self.proc = subprocess.Popen(
+      cmd,
+      env=lane_env(threads),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      bufsize=1,
+    )
     if cores is not None:
       os.sched_setaffinity(self.proc.pid, cores)  # Before the child builds its thread pools.
     self.thread = threading.Thread(target=self._echo, daemon=True)
@@ -376,19 +416,25 @@ def _run_lanes(config, workdir: str, configs: Mapping, start: float) -> None:
   cores = lane_cores(len(LANES), threads)
   steps = {name: int(c.total_steps) for name, c in configs.items()}
   lanes = [LaneProcess(i, workdir, threads, cores[i], steps) for i in range(len(LANES))]
-  _say("training on %d lanes side by side (cores %s); full logs in %s", len(lanes),
-       [sorted(c) if c else "any" for c in cores], os.path.join(workdir, "logs"))
+  _say(
+    "training on %d lanes side by side (cores %s); full logs in %s",
+    len(lanes),
+    [sorted(c) if c else "any" for c in cores],
+    os.path.join(workdir, "logs"),
+  )
   while any(lane.proc.poll() is None for lane in lanes):
     time.sleep(1.0)
     if int(time.time() - start) % config.lanes.status_every_secs == 0:
       left = [lane.remaining_seconds() for lane in lanes]
       eta = "" if None in left else f", about {_fmt_secs(max(left))} of training left"
-      status = "; ".join(f"lane {x.lane}: {x.run or 'starting'} {x.step}/{steps.get(x.run, 0)}"
-                         for x in lanes)
+      status = "; ".join(
+        f"lane {x.lane}: {x.run or 'starting'} {x.step}/{steps.get(x.run, 0)}" for x in lanes
+      )
       _say("elapsed %s | %s%s", _fmt_secs(time.time() - start), status, eta)
   codes = [lane.wait() for lane in lanes]
-  failed = [f"lane {i} (exit {code}, log {lanes[i].log_path})" for i, code in enumerate(codes)
-            if code]
+  failed = [
+    f"lane {i} (exit {code}, log {lanes[i].log_path})" for i, code in enumerate(codes) if code
+  ]
   if failed:
     raise RuntimeError(f"training failed in {', '.join(failed)}")
 
@@ -500,10 +546,14 @@ def format_markdown(results: Mapping) -> str:
   ]
   for name in RUNS:
     r = runs[name]
-    topics = [f"{100 * r['test'][k]:.2f}" if k in r["test"] else "-"
-              for k in ("accuracy_shape", "accuracy_color")]
-    out.append(f"| {labels[name]} | {r['steps']} x {r['batch_size']} | "
-               f"{_fmt_secs(r['elapsed_seconds'])} | {' | '.join(topics)} |")
+    topics = [
+      f"{100 * r['test'][k]:.2f}" if k in r["test"] else "-"
+      for k in ("accuracy_shape", "accuracy_color")
+    ]
+    out.append(
+      f"| {labels[name]} | {r['steps']} x {r['batch_size']} | "
+      f"{_fmt_secs(r['elapsed_seconds'])} | {' | '.join(topics)} |"
+    )
   elapsed = ", ".join(f"{k} {_fmt_secs(v)}" for k, v in results["elapsed_seconds"].items())
   out += [
     "",
@@ -557,8 +607,12 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t = time.time()
     out = fn(*args)
     phases[phase] = time.time() - t
-    _say("phase %s done in %s (demo elapsed %s)", phase, _fmt_secs(phases[phase]),
-         _fmt_secs(time.time() - start))
+    _say(
+      "phase %s done in %s (demo elapsed %s)",
+      phase,
+      _fmt_secs(phases[phase]),
+      _fmt_secs(time.time() - start),
+    )
     return out
 
   info = timed("convert", convert, config, workdir)
@@ -588,8 +642,9 @@ def run() -> None:
 
   import configs.easy_vqa
 
-  config_flags.DEFINE_config_file("config", configs.easy_vqa.__file__, "Demo config file.",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", configs.easy_vqa.__file__, "Demo config file.", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Directory for data, runs and results.", required=True)
   flags.DEFINE_integer("lane", -1, "Internal: train one lane of a running demo.")
 

@@ -64,8 +64,11 @@ def test_run_configs_wire_the_table(tmp_path):
   assert configs["pretrain"].task == "pretrain"
   assert configs["lxmert"].init_from == demo.run_dir(str(tmp_path), "pretrain")
   assert not configs["scratch"].init_from
+
   # LXMERT with and without pretraining: the same fine-tuning recipe and length.
-  strip = lambda c: {k: v for k, v in demo._config_dict(c).items() if k != "init_from"}
+  def strip(c):
+    return {k: v for k, v in demo._config_dict(c).items() if k != "init_from"}
+
   assert strip(configs["lxmert"]) == strip(configs["scratch"])
   for name in demo.BASELINES:
     assert configs[name].data.data_dir.endswith(os.path.join("data", name))
@@ -93,18 +96,34 @@ def _fake_records():
   records = {}
   for name in demo.RUNS:
     acc = accuracy.get(name)
-    test = {} if acc is None else {"accuracy": acc, "accuracy_binary": acc - 0.01,
-                                   "accuracy_other": acc + 0.01}
-    records[name] = {"results": {"eval": {"test": test}, "train": {"loss": 0.1}}, "steps": 10,
-                     "batch_size": 4, "elapsed_seconds": 61.0}
+    test = (
+      {}
+      if acc is None
+      else {"accuracy": acc, "accuracy_binary": acc - 0.01, "accuracy_other": acc + 0.01}
+    )
+    records[name] = {
+      "results": {"eval": {"test": test}, "train": {"loss": 0.1}},
+      "steps": 10,
+      "batch_size": 4,
+      "elapsed_seconds": 61.0,
+    }
   return records
 
 
 def test_report_has_the_papers_shape(tmp_path):
-  info = {"splits": {"train": {"num_images": 8, "num_sentences": 80},
-                     "test": {"num_images": 2, "num_sentences": 19}}}
-  results = demo.build_results(easy_vqa_config.get_config("tiny"), str(tmp_path),
-                               _fake_records(), {"convert": 5.0, "train": 70.0}, info)
+  info = {
+    "splits": {
+      "train": {"num_images": 8, "num_sentences": 80},
+      "test": {"num_images": 2, "num_sentences": 19},
+    }
+  }
+  results = demo.build_results(
+    easy_vqa_config.get_config("tiny"),
+    str(tmp_path),
+    _fake_records(),
+    {"convert": 5.0, "train": 70.0},
+    info,
+  )
   assert results["rows"] == ["Image Only", "Language Only", "LXMERT w/o pretraining", "LXMERT"]
   assert results["columns"] == ["Binary (yes/no)", "Other", "Accuracy"]
   assert results["table"]["LXMERT"] == {"Binary (yes/no)": 94.0, "Other": 96.0, "Accuracy": 95.0}
@@ -131,8 +150,16 @@ def test_tiny_demo_end_to_end(tmp_path):
   workdir = str(tmp_path / "demo")
   results = demo.run_demo(config, workdir)
 
-  assert set(results) >= {"table", "rows", "columns", "runs", "elapsed_seconds",
-                          "final_checkpoint", "data", "config"}
+  assert set(results) >= {
+    "table",
+    "rows",
+    "columns",
+    "runs",
+    "elapsed_seconds",
+    "final_checkpoint",
+    "data",
+    "config",
+  }
   assert set(results["elapsed_seconds"]) >= {"convert", "train", "report", "total", *demo.RUNS}
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert saved["table"] == results["table"]
