@@ -33,6 +33,7 @@ def _config(data_dir):
   config.optim.learning_rate = 1e-3
   config.eval.splits = ""
   config.checkpoint.every_steps = 2
+  config.checkpoint.max_to_keep = 2  # Both saves (steps 2 and 4) are asserted below.
   config.log_every_steps = 1
   return config
 
