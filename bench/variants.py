@@ -125,7 +125,7 @@ def _bert_adam_with_barrier(
   count = optax.safe_increment(schedule_state.count)
   new_state = (
     clip_state,
-    optim.BertAdamState(mu=mu, nu=nu),
+    optim.BertAdamState(mu=mu, nu=nu, count=moments.count + 1),
     decay_state,
     schedule_state._replace(count=count),
   )

@@ -112,6 +112,9 @@ def base_config(tiny: bool) -> ml_collections.ConfigDict:
   config.optim.weight_decay = 0.01
   # Global-norm gradient clipping (1.0 pretraining, 5.0 fine-tuning).
   config.optim.max_grad_norm = 1.0
+  # Adam's moment bias correction; the original BertAdam has none (its first updates are ~3x
+  # larger, which peak rates near 1e-3 do not survive).
+  config.optim.bias_correction = False
   # Micro-batches accumulated per update (optax.MultiSteps); batch_size is split between them.
   config.optim.grad_accum_steps = 1
 

@@ -31,7 +31,7 @@ from absl import logging
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
-from lxmert_jax import preemption
+from lxmert_jax import gfile, preemption
 from lxmert_jax.models.config import LxmertConfig
 
 PyTree = Any
@@ -42,7 +42,8 @@ MAX_LISTED = 30
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+  """``<workdir>/checkpoints``; a ``gs://`` workdir stays a URL (Orbax writes it via epath)."""
+  return os.path.join(gfile.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
 def _handlers():
@@ -281,18 +282,18 @@ class LoadedParams:
 def find_checkpoint_step(path: str) -> tuple[str, int] | None:
   """Resolves one of our workdirs / checkpoints dirs / step dirs to (checkpoints dir, step).
 
-  Returns None if ``path`` is not an Orbax checkpoint written by this module.
+  Returns None if ``path`` (local or ``gs://``) is not an Orbax checkpoint written by this module.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = gfile.abspath(path).rstrip("/") or "/"
+  if not gfile.isdir(path):
     return None
-  if os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
+  if gfile.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
     return os.path.dirname(path), int(os.path.basename(path))
   for directory in (os.path.join(path, CHECKPOINT_SUBDIR), path):
     steps = (
-      [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+      [int(d) for d in gfile.listdir(directory) if d.isdigit()] if gfile.isdir(directory) else []
     )
-    steps = [s for s in steps if os.path.isdir(os.path.join(directory, str(s), "params"))]
+    steps = [s for s in steps if gfile.isdir(os.path.join(directory, str(s), "params"))]
     if steps:
       return directory, max(steps)
   return None
@@ -334,7 +335,7 @@ def load_params(path: str, task_model: str, model_config: LxmertConfig) -> Loade
   found = find_checkpoint_step(path)
   if found is not None:
     return load_checkpoint_params(*found)
-  if not os.path.exists(path):
+  if not gfile.exists(path):
     raise FileNotFoundError(f"config.init_from={path!r} does not exist")
   from lxmert_jax import pretrained
 

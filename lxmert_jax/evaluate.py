@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from lxmert_jax import losses
+from lxmert_jax import gfile, losses
 from lxmert_jax.data import pipeline
 from lxmert_jax.metrics import submission
 
@@ -164,22 +164,24 @@ def write_prediction_file(
   """
   if task not in PREDICTION_FILES or jax.process_index() != 0:
     return None
-  os.makedirs(out_dir, exist_ok=True)
+  gfile.makedirs(out_dir)
   path = os.path.join(out_dir, PREDICTION_FILES[task].format(split=split))
-  if task == "nlvr2":
-    submission.write_nlvr2_predictions(predictions, path)
-    return path
-  decoded = {uid: answers[label] for uid, label in predictions.items()}
-  if task == "vqa":
-    submission.write_vqa_submission(decoded, path)
-  elif task == "gqa":
-    submission.write_gqa_submission(decoded, path)
-  else:
-    rows = [{"question_id": uid, "answer": ans} for uid, ans in decoded.items()]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(rows, f)
-    os.replace(tmp, path)
+  # The submission writers know local files only: a gs:// workdir gets a local copy uploaded.
+  with gfile.staged_locally(path) as local_path:
+    if task == "nlvr2":
+      submission.write_nlvr2_predictions(predictions, local_path)
+      return path
+    decoded = {uid: answers[label] for uid, label in predictions.items()}
+    if task == "vqa":
+      submission.write_vqa_submission(decoded, local_path)
+    elif task == "gqa":
+      submission.write_gqa_submission(decoded, local_path)
+    else:
+      rows = [{"question_id": uid, "answer": ans} for uid, ans in decoded.items()]
+      tmp = local_path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(rows, f)
+      os.replace(tmp, local_path)
   logging.info("Wrote %d predictions of %s to %s", len(predictions), split, path)
   return path
 

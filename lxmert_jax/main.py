@@ -24,7 +24,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
 )
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
+flags.DEFINE_string(
+  "workdir", None, "Directory (local or gs://) for checkpoints, TensorBoard logs and results."
+)
 
 
 def main(argv) -> None:

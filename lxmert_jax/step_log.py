@@ -5,7 +5,9 @@ resumes from the checkpoint of step ``k`` first rewrites the file to its lines w
 ``step <= k`` (atomically: temp file + rename), so lines a killed run wrote after its last
 checkpoint, and a line torn by the kill, are dropped before the resumed run logs those steps
 again. The file of a run killed and resumed any number of times therefore equals the file of a
-run that never stopped (``tests/test_faults.py`` checks it).
+run that never stopped (``tests/test_faults.py`` checks it). The workdir may be local or a
+``gs://`` URL (``lxmert_jax.gfile``); on GCS each append rewrites the object, which holds one
+short line per step.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from collections.abc import Sequence
 
 from absl import logging
 
+from lxmert_jax import gfile
+
 FILE_NAME = "losses.jsonl"
 
 
 def read(path: str) -> list[dict]:
   """The complete lines of a losses file; a torn last line (killed mid-write) is left out."""
-  if not os.path.exists(path):
+  if not gfile.exists(path):
     return []
   rows = []
-  with open(path) as f:
+  with gfile.open(path) as f:
     for number, line in enumerate(f, 1):
       try:
         row = json.loads(line)
@@ -67,16 +71,16 @@ class StepLog:
         len(steps),
       )
     tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(_line(r["step"], r["loss"]) for r in kept)
-    os.replace(tmp, self.path)
+    with gfile.open(tmp, "w") as f:
+      f.write("".join(_line(r["step"], r["loss"]) for r in kept))  # GFile has no writelines.
+    gfile.replace(tmp, self.path)
 
   def append(self, steps: Sequence[int], step_losses: Sequence[float]) -> None:
     """Writes one line per step (steps are taken in increasing order, each once)."""
     if not self.primary or not steps:
       return
-    with open(self.path, "a") as f:
-      f.writelines(_line(s, x) for s, x in zip(steps, step_losses))
+    with gfile.open(self.path, "a") as f:
+      f.write("".join(_line(s, x) for s, x in zip(steps, step_losses)))
       f.flush()
     self.last_step = steps[-1]
 

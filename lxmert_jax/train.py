@@ -32,7 +32,7 @@ from absl import logging
 from flax import jax_utils
 
 from lxmert_jax import checkpoint as ckpt
-from lxmert_jax import corruption, evaluate, losses, preemption, step_log
+from lxmert_jax import corruption, evaluate, gfile, losses, preemption, step_log
 from lxmert_jax import train_state as ts
 from lxmert_jax.data import pipeline
 from lxmert_jax.metrics import vqa as vqa_metrics
@@ -242,11 +242,29 @@ def prefetch_to_device(iterator: Iterator[dict], size: int) -> Iterator[dict]:
     enqueue(1)
 
 
+def replicate(tree):
+  """One copy of ``tree`` per local device, laid out exactly as ``p_train_step`` returns it.
+
+  ``jax_utils.replicate`` places the copies on a mesh axis of its own; the pmapped step's
+  outputs live on the ``AXIS`` mesh, so feeding them back at step 2 would compile the whole
+  train step a second time. One pass through an identity pmap gives step 1 the same layout.
+  """
+  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
+
+
 def create_writer(workdir: str, just_logging: bool):
-  """clu's default writer: TensorBoard event files plus the log (log only on other hosts)."""
+  """clu's default writer: TensorBoard event files plus the log (log only on other hosts).
+
+  Assembled as ``clu.metric_writers.create_default_writer`` does it, minus its
+  ``etils.epath.Path(workdir)``: epath knows only some URL schemes, while TensorFlow's summary
+  writer takes every path ``tf.io.gfile`` does (local, gs://, ...).
+  """
   from clu import metric_writers
 
-  return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+  writers = [metric_writers.LoggingWriter()]
+  if not just_logging:
+    writers.append(metric_writers.SummaryWriter(workdir))
+  return metric_writers.AsyncMultiWriter(writers)
 
 
 def _progress_hooks(config, setup: RunSetup, writer, workdir: str) -> list:
@@ -358,8 +376,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, init_params=None) ->
   """Trains and/or evaluates as ``config.mode`` says; see ``train_and_evaluate``."""
   validate_config(config)
   pipeline.hide_accelerators_from_tf()
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = gfile.abspath(workdir)  # Local or gs://: TensorBoard, Orbax and gfile write both.
+  gfile.makedirs(workdir)
   setup = make_setup(config)
   host0 = jax.process_index() == 0
   writer = create_writer(workdir, just_logging=not host0)
@@ -418,7 +436,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, init_params=None) ->
       workdir=workdir,
       writer=writer,
     )
-    rstate = jax_utils.replicate(state)
+    rstate = replicate(state)
     del state
     train_metrics, preempted = {}, False
     if config.mode != "eval":
@@ -465,10 +483,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, init_params=None) ->
 
 
 def _write_json(path: str, data) -> None:
+  """Writes ``path`` (local or URL) under a temporary name, then renames it into place."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with gfile.open(tmp, "w") as f:
     json.dump(data, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  gfile.replace(tmp, path)
 
 
 def _best_metrics(config, eval_results: Mapping[str, Mapping[str, float]]):
@@ -532,41 +551,48 @@ def _train(config, setup: RunSetup, rstate, train_rng, eval_rng, mngr, writer, e
     evaluator.workdir, start_step, primary=jax.process_index() == 0
   )
   preemption.install()
-  hooks = _progress_hooks(config, setup, writer, evaluator.workdir)
-  train_metrics, preempted = {}, False
-  for step in range(start_step + 1, setup.total_steps + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = next(train_iter)
-      rstate, metrics = p_train_step(rstate, batch, train_rng)
-    logger.add(step, metrics)
-    for hook in hooks:
-      hook(step)
-    last = step == setup.total_steps
-    if is_time(step, config.log_every_steps) or last:
-      train_metrics = logger.flush(step, write=True)
-    do_eval = is_time(step, setup.eval_every) and not last and bool(evaluate.eval_splits(config))
-    # The last step is saved by run() together with the final eval metrics.
-    preempted = preemption.reached(mngr, step)  # SIGTERM or Orbax's sync point.
-    do_save = preempted or ((is_time(step, config.checkpoint.every_steps) or do_eval) and not last)
-    if do_eval or do_save:
-      logger.flush(step, write=False)  # Waits for the step; never checkpoint NaN params.
-      t_other = time.time()
-      eval_results = None
-      if do_eval:
-        eval_results = evaluator(
-          rstate.params,
-          eval_rng,
-          step,
-          splits=evaluate.eval_splits(config),
-          write_predictions=False,
-        )
-      _save(mngr, rstate, step, config, setup, eval_results)
-      logger.exclude(time.time() - t_other)
-    if preempted:
-      mngr.wait_until_finished()
-      logging.warning("[%s] preempted: saved step %d and stopping.", phase, step)
-      break
-  preemption.uninstall()
+  # Whatever ends the loop (done, preempted, NaN, a data error), the process's SIGTERM handler
+  # is put back: a caller that goes on (tests, notebooks, a fine-tune after pretraining) must
+  # not keep ours.
+  try:
+    hooks = _progress_hooks(config, setup, writer, evaluator.workdir)
+    train_metrics, preempted = {}, False
+    for step in range(start_step + 1, setup.total_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = next(train_iter)
+        rstate, metrics = p_train_step(rstate, batch, train_rng)
+      logger.add(step, metrics)
+      for hook in hooks:
+        hook(step)
+      last = step == setup.total_steps
+      if is_time(step, config.log_every_steps) or last:
+        train_metrics = logger.flush(step, write=True)
+      do_eval = is_time(step, setup.eval_every) and not last and bool(evaluate.eval_splits(config))
+      # The last step is saved by run() together with the final eval metrics.
+      preempted = preemption.reached(mngr, step)  # SIGTERM or Orbax's sync point.
+      do_save = preempted or (
+        (is_time(step, config.checkpoint.every_steps) or do_eval) and not last
+      )
+      if do_eval or do_save:
+        logger.flush(step, write=False)  # Waits for the step; never checkpoint NaN params.
+        t_other = time.time()
+        eval_results = None
+        if do_eval:
+          eval_results = evaluator(
+            rstate.params,
+            eval_rng,
+            step,
+            splits=evaluate.eval_splits(config),
+            write_predictions=False,
+          )
+        _save(mngr, rstate, step, config, setup, eval_results)
+        logger.exclude(time.time() - t_other)
+      if preempted:
+        mngr.wait_until_finished()
+        logging.warning("[%s] preempted: saved step %d and stopping.", phase, step)
+        break
+  finally:
+    preemption.uninstall()
   return rstate, train_metrics, preempted
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ from absl import logging
 from clu import parameter_overview
 from flax.training import train_state
 
-from lxmert_jax import losses, optim
+from lxmert_jax import gfile, losses, optim
 from lxmert_jax.data import pipeline
 from lxmert_jax.models import tasks as model_tasks
 from lxmert_jax.models.config import LxmertConfig
@@ -66,6 +65,7 @@ def make_optimizer(optim_config: ml_collections.ConfigDict, total_updates: int):
     weight_decay=optim_config.weight_decay,
     max_grad_norm=optim_config.max_grad_norm,
     accumulation_steps=optim_config.grad_accum_steps,
+    bias_correction=optim_config.get("bias_correction", False),
   )
 
 
@@ -177,7 +177,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.eval.batch_size={config.eval.batch_size} is not divisible by the {devices} devices"
     )
   data_dir = config.data.data_dir
-  if not data_dir or not os.path.isdir(data_dir):
+  if not data_dir or not gfile.isdir(data_dir):  # Local or gs://.
     raise FileNotFoundError(
       f"config.data.data_dir={data_dir!r} is not a directory (write it "
       "with tfrecords_tools or set --config.data.data_dir)"
@@ -185,7 +185,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   shards.read_info(data_dir)
   if config.mode == "eval" and not (config.eval.splits or config.eval.predict_splits):
     raise ValueError("mode 'eval' needs config.eval.splits or config.eval.predict_splits")
-  if config.init_from and not os.path.exists(config.init_from):
+  if config.init_from and not gfile.exists(config.init_from):
     raise FileNotFoundError(f"config.init_from={config.init_from!r} does not exist")
 
 

@@ -120,3 +120,23 @@ def test_gradient_accumulation_equals_one_step_on_mean_gradient():
   for k in params:
     np.testing.assert_allclose(np.asarray(p_acc[k]), np.asarray(p_plain[k]), atol=1e-6)
     assert not np.allclose(np.asarray(p_acc[k]), params[k])
+
+
+def test_bias_correction_equals_optax_adam_and_differs_without_it():
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+  grads = [{"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)} for _ in range(6)]
+  ours = optim.scale_by_bert_adam(eps=1e-6, bias_correction=True)
+  plain = optim.scale_by_bert_adam(eps=1e-6)
+  ref = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6)
+  states = [t.init(params) for t in (ours, plain, ref)]
+  for g in grads:
+    (u_ours, s0), (u_plain, s1), (u_ref, s2) = (
+      t.update(g, s) for t, s in zip((ours, plain, ref), states)
+    )
+    states = [s0, s1, s2]
+    np.testing.assert_allclose(u_ours["w"], u_ref["w"], rtol=1e-5, atol=1e-6)
+  assert int(states[0].count) == len(grads)
+  # Uncorrected updates are larger early on: (1 - b1^t) / sqrt(1 - b2^t) > 1 at t = 6.
+  ratio = np.abs(u_plain["w"]).mean() / np.abs(u_ours["w"]).mean()
+  np.testing.assert_allclose(ratio, (1 - 0.9**6) / np.sqrt(1 - 0.999**6), rtol=0.05)

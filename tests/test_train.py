@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ from flax import jax_utils
 from test_pipeline import write_dataset
 
 from configs import easy_vqa, nlvr2, pretrain
-from lxmert_jax import train
+from lxmert_jax import preemption, train
 from lxmert_jax import train_state as ts
 from lxmert_jax.data import pipeline
 from tfrecords_tools import shards
@@ -218,3 +219,38 @@ def test_config_errors_before_compiling(tmp_path):
   config.model.num_qa_labels = 12
   with pytest.raises(ValueError, match="num_qa_labels=12 but .* has 13 answers"):
     train.make_setup(config)
+
+
+def test_sigterm_handler_restored_when_training_raises(tmp_path, monkeypatch):
+  config = tiny_config(easy_vqa, make_dataset(tmp_path), "finetune,tiny", total_steps=2)
+  seen_in_loop = []
+
+  def broken_stream(dataset):
+    del dataset
+    seen_in_loop.append(signal.getsignal(signal.SIGTERM))
+    raise OSError("shard unreadable")
+    yield  # A generator: it runs (and raises) at the loop's first next().
+
+  def caller_handler(signum, frame):
+    del signum, frame
+
+  monkeypatch.setattr(pipeline, "train_iterator", broken_stream)
+  before = signal.signal(signal.SIGTERM, caller_handler)
+  try:
+    with pytest.raises(OSError, match="shard unreadable"):
+      train.train_and_evaluate(config, str(tmp_path / "work"))
+    assert seen_in_loop == [preemption._on_sigterm]  # Installed while the loop ran...
+    assert signal.getsignal(signal.SIGTERM) is caller_handler  # ... and put back after.
+  finally:
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_replicated_state_has_the_train_step_output_layout():
+  # A layout change between step 1's inputs and outputs would compile the train step twice.
+  tree = {"w": np.ones((3, 2), np.float32), "step": np.zeros((), np.int32)}
+  step = jax.pmap(lambda t: jax.tree.map(lambda x: x + 1, t), axis_name=train.AXIS)
+  once = train.replicate(tree)
+  twice = step(once)
+  for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(twice)):
+    assert a.sharding == b.sharding
+  assert jax_utils.replicate(tree)["w"].sharding != twice["w"].sharding

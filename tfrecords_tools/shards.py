@@ -2,17 +2,22 @@
 
 Shards are written under temporary names and renamed only when every record has been written,
 so an interrupted or failed conversion leaves nothing that a reader would accept.
+
+Readers (:func:`find_shards`, :func:`read_info`, :func:`read_raw_info`) take local paths and
+``gs://`` URLs alike (``lxmert_jax.gfile``). Writers write to local disk only: a conversion
+renames many shards and rewrites ``dataset_info.json`` in place, which is cheap and atomic
+locally; copy the finished directory to a bucket with ``gcloud storage cp -r``.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
+from lxmert_jax import gfile
 from lxmert_jax.data import schema
 
 TMP_SUFFIX = ".incomplete"
@@ -25,9 +30,20 @@ def shard_paths(out_dir: str, split: str, num_shards: int) -> list[str]:
   ]
 
 
+def _local_output(out_dir: str) -> None:
+  """Raises for a URL ``out_dir``: the writers below write to local disk only."""
+  if gfile.is_url(out_dir):
+    raise ValueError(
+      f"cannot write shards to {out_dir}: tfrecords_tools writes to a local directory only; "
+      f"write to a local --output_dir, then copy its files with `gcloud storage cp -r "
+      f"'LOCAL_DIR/*' {out_dir}/` (training reads {out_dir} directly)"
+    )
+
+
 def find_shards(data_dir: str, split: str) -> list[str]:
-  """Lists the complete shards of ``split`` in ``data_dir``, sorted; raises if there are none."""
-  paths = sorted(glob.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")))
+  """Lists the complete shards of ``split`` in ``data_dir`` (local or URL), sorted; raises if
+  there are none."""
+  paths = sorted(gfile.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")))
   paths = [p for p in paths if not p.endswith(TMP_SUFFIX)]
   if not paths:
     raise FileNotFoundError(
@@ -56,10 +72,11 @@ class ShardedGroupWriter:
       raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     if feat_dtype not in schema.FEATURE_DTYPES:
       raise ValueError(f"feat_dtype must be one of {sorted(schema.FEATURE_DTYPES)}")
+    _local_output(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     self.out_dir, self.split, self.feat_dtype = out_dir, split, feat_dtype
     self.final_paths = shard_paths(out_dir, split, num_shards)
-    for stale in glob.glob(os.path.join(out_dir, f"{split}.tfrecord-*")):
+    for stale in gfile.glob(os.path.join(out_dir, f"{split}.tfrecord-*")):
       os.remove(stale)  # Old shards of this split (maybe another shard count) would mix in.
     info = read_raw_info(out_dir)
     if split in info.get("splits", {}):
@@ -161,13 +178,14 @@ class ShardedGroupWriter:
 
 
 def read_info(data_dir: str) -> dict:
-  """Loads ``dataset_info.json``; raises with the path if it is missing or from another schema."""
+  """Loads ``dataset_info.json`` (local or URL); raises with the path if it is missing or from
+  another schema."""
   path = os.path.join(data_dir, schema.INFO_FILE)
-  if not os.path.exists(path):
+  if not gfile.exists(path):
     raise FileNotFoundError(
       f"{path} not found: is {data_dir} a directory written by tfrecords_tools?"
     )
-  with open(path) as f:
+  with gfile.open(path) as f:
     info = json.load(f)
   version = info.get("schema_version")
   if version != schema.SCHEMA_VERSION:
@@ -176,11 +194,11 @@ def read_info(data_dir: str) -> dict:
 
 
 def read_raw_info(out_dir: str) -> dict:
-  """Loads ``dataset_info.json`` as it is, or ``{}`` if there is none yet."""
+  """Loads ``dataset_info.json`` (local or URL) as it is, or ``{}`` if there is none yet."""
   path = os.path.join(out_dir, schema.INFO_FILE)
-  if not os.path.exists(path):
+  if not gfile.exists(path):
     return {}
-  with open(path) as f:
+  with gfile.open(path) as f:
     return json.load(f)
 
 
@@ -208,7 +226,8 @@ def merge_info(info: dict, top: dict, split: dict, split_name: str, out_dir: str
 
 
 def write_info(out_dir: str, info: dict) -> None:
-  """Writes ``dataset_info.json`` atomically (temporary name, then rename)."""
+  """Writes ``dataset_info.json`` atomically (temporary name, then rename); local only."""
+  _local_output(out_dir)
   path = os.path.join(out_dir, schema.INFO_FILE)
   tmp = path + TMP_SUFFIX
   with open(tmp, "w") as f:
