@@ -19,6 +19,8 @@ RUNTIME = [
   "pillow",
   "matplotlib",
   "easy-vqa",
+  # Progress bars of notebooks/finetune.ipynb.
+  "tqdm",
 ]
 
 setup(

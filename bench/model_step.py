@@ -156,7 +156,7 @@ def table(records: list[dict], dtype: str) -> str:
 
 
 def main(argv=None):
-  parser = common.base_parser(__doc__.splitlines()[0], "bench/results/model_step.json")
+  parser = common.base_parser(__doc__.splitlines()[0], None)
   parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--remat", action="store_true", help="config.remat=True on our side")
@@ -165,6 +165,8 @@ def main(argv=None):
     "--peak_gflops", type=float, default=None, help="skip the FMA measurement and use this peak"
   )
   args = parser.parse_args(argv)
+  # One file per compute dtype, so the float32 and bfloat16 runs do not overwrite each other.
+  args.json = args.json or f"bench/results/model_step_{args.dtype}.json"
 
   config = common.model_config(args.tiny, remat=args.remat)
   peak = {"peak_fp32_gflops": args.peak_gflops, "peak_bf16_gflops": None}

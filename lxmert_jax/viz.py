@@ -61,9 +61,10 @@ def token_index(pred: Prediction, token: int | str) -> int:
 
 
 def _describe(layer: int, head: int | None, num_layers: int) -> str:
-  # 0-based, as the layer/head arguments (and the x_layers_<i> param names) count.
+  # Counted from 1 for readers, with the 0-based param name that the layer argument counts.
   heads = "mean over heads" if head is None else f"head {head}"
-  return f"x-layer {layer % num_layers} (of {num_layers}), {heads}"
+  index = layer % num_layers
+  return f"x-layer {index + 1} of {num_layers} (x_layers_{index}), {heads}"
 
 
 def box_attention(

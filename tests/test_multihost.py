@@ -1,5 +1,5 @@
 """Multi-host training on CPU: 2 processes x 2 devices (jax.distributed on 127.0.0.1, gloo
-collectives) equal 1 process x 4 devices fed the same global batches.
+collectives) equal 1 process x 4 devices fed the same global batches, and resume exactly.
 
 Also runnable as the worker: ``python tests/test_multihost.py MODE DATA_DIR WORKDIR OUT
 [PORT PROCESS_ID]`` (MODE ``multi`` or ``single``).
@@ -8,6 +8,7 @@ Also runnable as the worker: ``python tests/test_multihost.py MODE DATA_DIR WORK
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,6 +204,31 @@ def test_two_processes_equal_one_process_on_the_same_global_batches(tmp_path):
   assert json.loads((multi_dir / "results.json").read_text())["step"] == TOTAL_STEPS
   moved = max(float(np.abs(single_losses[0]["loss"] - r["loss"])) for r in single_losses)
   assert moved > 0  # The runs trained (losses change), so equality is not vacuous.
+
+  # Resume on two processes from the step-2 checkpoint they wrote. Marking the logged losses of
+  # steps 1-2 shows the run restored step 2 (a fresh start would rewrite them); steps 3-4 and
+  # the final params must equal the uninterrupted run's.
+  shutil.rmtree(multi_dir / "checkpoints" / "4")
+  marked = [dict(r, loss=100.0 + r["step"]) if r["step"] <= 2 else r for r in multi_losses]
+  (multi_dir / "losses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in marked))
+  logs, resume_port = [str(tmp_path / f"resume{i}.log") for i in range(2)], _free_port()
+  handles = [open(log, "w") for log in logs]
+  procs = [
+    _launch(["multi", data_dir, multi_dir, tmp_path / f"resumed{i}.npz", resume_port, i], 2, h)
+    for i, h in enumerate(handles)
+  ]
+  _wait(procs, logs, timeout=480)
+  for h in handles:
+    h.close()
+  resumed = _losses(multi_dir)
+  assert [r["loss"] for r in resumed[:2]] == [101.0, 102.0]
+  np.testing.assert_allclose(
+    [r["loss"] for r in resumed[2:]], [r["loss"] for r in multi_losses[2:]], atol=1e-6, rtol=0
+  )
+  for i in range(2):
+    again = np.load(tmp_path / f"resumed{i}.npz")
+    for name in single.files:
+      np.testing.assert_allclose(again[name], host0[name], atol=1e-6, rtol=0, err_msg=name)
 
 
 @pytest.mark.slow

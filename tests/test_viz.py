@@ -56,7 +56,7 @@ def test_box_attention_colours_every_box_by_its_weight(pred):
     x1, y1, x2, y2 = pred.boxes[n] * [60, 40, 60, 40]
     np.testing.assert_allclose(rect.get_xy(), (x1, y1), atol=1e-9)
     np.testing.assert_allclose((rect.get_width(), rect.get_height()), (x2 - x1, y2 - y1), atol=1e-9)
-  assert "'color'" in ax.get_title() and "x-layer 0 (of 2), head 1" in ax.get_title()
+  assert "'color'" in ax.get_title() and "x-layer 1 of 2 (x_layers_0), head 1" in ax.get_title()
   assert cbar_ax.get_ylabel() == f"attention weight (uniform = {1 / N:.3f})"
   # The strongest boxes are numbered on the image, their weights listed under it.
   top = order[::-1][: viz.NUM_LABELLED_BOXES]
