@@ -107,15 +107,6 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     os.replace(src, dst)
 
 
-def remove(path: str | os.PathLike) -> None:
-  """Deletes the file ``path``."""
-  path = os.fspath(path)
-  if is_url(path):
-    _tf_gfile().remove(path)
-  else:
-    os.remove(path)
-
-
 def copy(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> None:
   """Copies the file ``src`` to ``dst`` (either may be local or a URL)."""
   src, dst = os.fspath(src), os.fspath(dst)

@@ -91,8 +91,6 @@ def test_file_functions(root):
   assert gfile.glob(os.path.join(d, "*.csv")) == []
   assert gfile.listdir(os.path.join(root, "a")) == ["b"]
   assert sorted(gfile.listdir(d)) == ["f.txt", "g.txt", "h.json"]
-  gfile.remove(other)
-  assert not gfile.exists(other)
 
 
 def test_staged_locally_copies_only_on_success(root):
