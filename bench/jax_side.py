@@ -1,9 +1,10 @@
 """Our side of the side-by-side benchmark: the project's own pmapped train step and forward.
 
 The train step is ``lxmert_jax.train.train_step`` wrapped exactly as the training loop wraps it
-(``jax.pmap`` over the local devices, axis ``'batch'``, state donated): in-jit corruption
-(token/object masking, mismatched pairs, QA sampling), forward with dropout, all six pretraining
-losses, backward, global-norm clipping and the BertAdam update, plus the metrics the loop logs.
+(``jax.pmap`` over the local devices, axis ``'batch'``, state donated on GPU/TPU only:
+``train.state_donation``): in-jit corruption (token/object masking, mismatched pairs, QA
+sampling), forward with dropout, all six pretraining losses (the MLM decoder at the masked
+positions), backward, global-norm clipping and the BertAdam update, plus the step's metrics.
 Inference is the jitted ``model.apply`` with every pretraining head, no dropout.
 
 Compilation is done ahead of time (``lower().compile()``) so its cost is reported separately and
@@ -96,7 +97,7 @@ class TrainBench:
     batch: {key: [batch, ...]} clean pipeline batch (``bench.synthetic.clean_batch``).
     seed: init seed.
     step_fn: a replacement for ``train.train_step`` with ``hp`` bound (``bench.variants``).
-    donate: donate the state to the step, as the training loop does.
+    donate: donate the state to the step; None: as the training loop does (GPU/TPU only).
   """
 
   def __init__(
@@ -106,7 +107,7 @@ class TrainBench:
     batch: Mapping[str, np.ndarray],
     seed: int = 0,
     step_fn: Callable | None = None,
-    donate: bool = True,
+    donate: bool | None = None,
   ):
     devices = jax.local_devices()
     n = len(devices)
@@ -121,11 +122,12 @@ class TrainBench:
       {k: np.reshape(v, (n, -1) + v.shape[1:]) for k, v in batch.items()}
     )
     step_fn = step_fn or functools.partial(train.train_step, hp=pretrain_hparams(config))
+    if donate is None:
+      donate_argnums = train.state_donation()
+    else:
+      donate_argnums = (0,) if donate else ()
     p_step = jax.pmap(
-      step_fn,
-      axis_name=train.AXIS,
-      donate_argnums=(0,) if donate else (),
-      in_axes=(0, 0, None),
+      step_fn, axis_name=train.AXIS, donate_argnums=donate_argnums, in_axes=(0, 0, None)
     )
     self.compiled = aot_compile(p_step, self.state, self.batch, self.rng)
 

@@ -56,6 +56,8 @@ def compile_step(config, dtype: str, batch: int, seq_len=SEQ_LEN, num_boxes=NUM_
   p_step = jax.pmap(
     functools.partial(train.train_step, hp=jax_side.pretrain_hparams(config)),
     axis_name=train.AXIS,
+    # As the training loop does on GPU/TPU, the devices this estimate is for (on CPU the loop
+    # does not donate: train.state_donation).
     donate_argnums=(0,),
     in_axes=(0, 0, None),
   )

@@ -5,7 +5,8 @@ r"""python -m lxmert_jax.main --config=configs/gqa.py --workdir=/tmp/lxmert_gqa 
 Fine-tune LXMERT on GQA (spec sections 3.2-3.5; original run/gqa_finetune.bash).
 
 Settings: train on train+valid (split "train" of docs/data.md), evaluate on testdev; batch 32, BertAdam lr 1e-5 with 10%
-warm-up, clip 5.0, 4 epochs, L = 20. Loss: BCE-with-logits on one-hot targets times 1842. QA head
+warm-up, clip 5.0, 4 epochs, L = 20. Loss: BCE-with-logits on one-hot targets times 1842
+(``--config.qa_loss=mce``: the original's ``--mceLoss``, softmax CE times 1842). QA head
 transferred by answer string (1736 of 1842 rows). Expected: testdev 60.0 (paper; local evaluator
 59.8-60.1), test-std 60.3.
 

@@ -56,6 +56,9 @@ def finetune_config(
   config.optim.max_grad_norm = 5.0
   if num_answers is not None:  # NLVR2 has a 2-way head of its own instead.
     config.model.num_qa_labels = num_answers
+    # 'bce': sigmoid BCE on the soft scores x A (the original's VQA/GQA loss); 'mce': softmax
+    # CE on the best answer x A (the original's GQA --mceLoss).
+    config.qa_loss = "bce"
   config.transfer_answer_head = transfer_answer_head
   config.eval.splits = eval_splits
   config.eval.predict_splits = predict_splits

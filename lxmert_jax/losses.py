@@ -13,8 +13,9 @@ skipped inside ``jit``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +111,80 @@ def cross_entropy_loss(
 # Pretraining losses (spec section 2.2).
 
 
+def semantics_ignore_index(semantics: str) -> int:
+  """G8: the label ignore index of ``semantics``: -1 (``'original'``) or -100 (``'transformers'``)."""
+  if semantics not in SEMANTICS:
+    raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+  return IGNORE_INDEX if semantics == "original" else HF_IGNORE_INDEX
+
+
+def masked_capacity(batch: int, seq_len: int, rate: float) -> int:
+  """Static slot count K for the MLM decoder: mean + 6 sigma of the number of masked tokens.
+
+  At most ``batch * (seq_len - 2)`` tokens are candidates ([CLS] and [SEP] never are; counting
+  padding as a candidate only overestimates), each selected with probability ``rate``, so the
+  count is at most Binomial(batch (seq_len - 2), rate); more than K masked tokens is a ~1e-9
+  event per batch, which :class:`MlmSlots` users must still handle exactly (a fallback).
+
+  Returns:
+    K rounded up to a multiple of 8, at most ``batch * seq_len`` (where slots save nothing).
+  """
+  n = batch * max(seq_len - 2, 1)
+  k = rate * n + 6 * math.sqrt(n * rate * (1 - rate))
+  return min(batch * seq_len, 8 * math.ceil(k / 8))
+
+
+class MlmSlots(NamedTuple):
+  """The labelled MLM positions of a batch gathered into K static slots (:func:`mlm_slots`).
+
+  Attributes:
+    positions: [K] int32 flat indices into ``batch * seq_len``, in order; unused slots 0.
+    labels: [K] int32 label of each slot; the ignore index in unused slots.
+    example_mask: [K] float32 example weight of each slot; 0 in unused slots.
+    count: [] int32 number of labelled positions; the slots hold them all iff ``count <= K``.
+  """
+
+  positions: jax.Array
+  labels: jax.Array
+  example_mask: jax.Array
+  count: jax.Array
+
+
+def mlm_slots(
+  lm_labels: jax.Array,
+  capacity: int,
+  *,
+  ignore_index: int = IGNORE_INDEX,
+  example_mask: jax.Array | None = None,
+) -> MlmSlots:
+  """Gathers the positions that count in :func:`masked_lm_loss` into ``capacity`` slots.
+
+  A position counts when its label is not ``ignore_index`` and its example's weight is
+  non-zero. When ``count <= capacity``, ``masked_lm_loss(logits at positions, labels,
+  example_mask=example_mask)`` has the same terms and the same denominator as the loss over
+  every position (only the order of the float additions differs).
+
+  Args:
+    lm_labels: [batch, seq_len] int labels.
+    capacity: static K (:func:`masked_capacity`).
+    ignore_index: label of positions without a target.
+    example_mask: optional [batch]; 0 = padding example.
+  """
+  labels = jnp.asarray(lm_labels).astype(jnp.int32)
+  weights = _broadcast_to_labels(_example_weights(example_mask, labels.shape[0]), labels)
+  labels, weights = labels.reshape(-1), weights.reshape(-1)
+  counted = (labels != ignore_index) & (weights > 0)
+  count = jnp.sum(counted, dtype=jnp.int32)
+  (positions,) = jnp.nonzero(counted, size=capacity, fill_value=0)
+  used = jnp.arange(capacity) < count
+  return MlmSlots(
+    positions=positions.astype(jnp.int32),
+    labels=jnp.where(used, labels[positions], ignore_index),
+    example_mask=jnp.where(used, weights[positions], 0.0),
+    count=count,
+  )
+
+
 def masked_lm_loss(
   prediction_logits: jax.Array,
   lm_labels: jax.Array,
@@ -120,9 +195,10 @@ def masked_lm_loss(
   """MLM CE over the vocabulary, mean over positions whose label is not ignored.
 
   Args:
-    prediction_logits: [batch, seq_len, vocab].
+    prediction_logits: [batch, seq_len, vocab], or [K, vocab] at the :func:`mlm_slots`.
     lm_labels: [batch, seq_len] original token id at corrupted positions, ``ignore_index``
-      elsewhere (including [CLS], [SEP] and padding).
+      elsewhere (including [CLS], [SEP] and padding); or the slots' [K] labels.
+    example_mask: [batch] (or the slots' [K] example weights).
   """
   return cross_entropy_loss(
     prediction_logits, lm_labels, ignore_index=ignore_index, example_mask=example_mask
@@ -329,15 +405,13 @@ def pretraining_losses(
     with the visual normaliser already folded into the visual sums, so ``sum / denominator``
     equals the per-task value the original logs.
   """
-  if semantics not in SEMANTICS:
-    raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
-  original = semantics == "original"
+  default_ignore_index = semantics_ignore_index(semantics)  # Also validates ``semantics``.
   if visual_loss_normalizer is None:
     visual_loss_normalizer = (
-      ORIGINAL_VISUAL_LOSS_NORMALIZER if original else HF_VISUAL_LOSS_NORMALIZER
+      ORIGINAL_VISUAL_LOSS_NORMALIZER if semantics == "original" else HF_VISUAL_LOSS_NORMALIZER
     )
   if ignore_index is None:
-    ignore_index = IGNORE_INDEX if original else HF_IGNORE_INDEX
+    ignore_index = default_ignore_index
   weights = task_weights(weights, step=step, qa_start_step=qa_start_step)
   example_mask = targets.get("example_mask")
   common = dict(example_mask=example_mask)

@@ -1,7 +1,8 @@
 """Pretraining and fine-tuning: pure train/eval steps under ``jax.pmap`` and the training loop.
 
 ``train_step``/``eval_step`` are pure functions of (state or params, batch, rng) wrapped once by
-``jax.pmap`` (axis ``'batch'``, state donated). Every cross-device reduction lives inside them:
+``jax.pmap`` (axis ``'batch'``; the state is donated on GPU/TPU, see ``state_donation``). Every
+cross-device reduction lives inside them:
 losses are batch-global means (each device divides its loss sum by the ``psum`` of the
 denominators, and gradients are ``psum``-ed), so N devices compute exactly the step one device
 would compute on the whole batch. The original instead averages per-GPU means under
@@ -10,7 +11,8 @@ labelled positions.
 
 Pretraining corruption (token/object masking, mismatched pairs, QA-label sampling) runs inside
 the jitted step from a key folded with the step and then the device index, so it is
-reproducible from (seed, step, device) and never repeats across devices or hosts.
+reproducible from (seed, step, device) and never repeats across devices or hosts. The MLM
+decoder runs only at the masked positions (``forward_and_objectives``), with the same loss.
 """
 
 from __future__ import annotations
@@ -69,11 +71,21 @@ def prepare_inputs(rng, batch: Batch, hp: StepHParams, axis_name: str | None) ->
     obj_mask_rate=hp.obj_mask_rate,
     mismatch_prob=hp.mismatch_prob,
     axis_name=axis_name,
+    # The targets' "no label" value must be the one the losses ignore (-1 or -100, G8).
+    ignore_index=losses.semantics_ignore_index(hp.semantics),
   )
 
 
-def objectives(outputs, inputs: Batch, hp: StepHParams, step) -> tuple[dict, dict]:
+def objectives(outputs, inputs: Batch, hp: StepHParams, step, *, mlm=None) -> tuple[dict, dict]:
   """Local ``(sum, denominator)`` per objective and the objective weights.
+
+  Args:
+    outputs: model outputs.
+    inputs: the (corrupted) batch with its targets.
+    hp: step settings.
+    step: current (traced) step.
+    mlm: pretraining only: the MLM ``(sum, denominator)`` computed elsewhere (at the masked
+      positions, ``forward_and_objectives``); ``outputs.prediction_logits`` is then not read.
 
   Returns:
     ``(pairs, weights)``: objective -> (sum, denominator) over this device's examples, and
@@ -81,15 +93,20 @@ def objectives(outputs, inputs: Batch, hp: StepHParams, step) -> tuple[dict, dic
   """
   mask = inputs["example_mask"]
   if hp.task == "pretrain":
+    computed = dict(hp.weights)
+    if mlm is not None:
+      computed.pop("mlm")
     _, pairs = losses.pretraining_losses(
       outputs,
       inputs,
-      weights=dict(hp.weights),
+      weights=computed,
       semantics=hp.semantics,
       visual_loss_normalizer=hp.visual_loss_normalizer,
       step=step,
       qa_start_step=hp.qa_start_step,
     )
+    if mlm is not None:  # First, as pretraining_losses orders them (the total sums in order).
+      pairs = {"mlm": mlm, **pairs}
     weights = losses.task_weights(dict(hp.weights), step=step, qa_start_step=hp.qa_start_step)
     return pairs, weights
   if hp.task == "nlvr2":
@@ -98,7 +115,8 @@ def objectives(outputs, inputs: Batch, hp: StepHParams, step) -> tuple[dict, dic
     }
   logits = outputs.question_answering_score
   targets = losses.soft_targets(inputs["answer_ids"], inputs["answer_scores"], hp.num_answers)
-  return {"qa": losses.answer_bce_loss(logits, targets, example_mask=mask)}, {"qa": 1.0}
+  qa_loss = losses.answer_mce_loss if hp.qa_loss == "mce" else losses.answer_bce_loss
+  return {"qa": qa_loss(logits, targets, example_mask=mask)}, {"qa": 1.0}
 
 
 def task_logits(outputs, hp: StepHParams):
@@ -114,23 +132,121 @@ def accuracy_terms(outputs, inputs: Batch, hp: StepHParams) -> tuple[jax.Array, 
   return pred, vqa_metrics.soft_scores(pred, inputs["answer_ids"], inputs["answer_scores"])
 
 
-def forward(apply_fn, params, inputs: Batch, *, deterministic: bool, dropout_rng=None):
+def forward(
+  apply_fn, params, inputs: Batch, *, deterministic: bool, dropout_rng=None, mlm_positions=None
+):
+  """The model on ``inputs``; ``mlm_positions`` (pretraining model only) as in
+  ``LxmertForPreTraining``."""
   rngs = None if deterministic else {"dropout": dropout_rng}
+  extra = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
   return apply_fn(
     {"params": params},
     *(inputs[k] for k in MODEL_INPUTS),
     deterministic=deterministic,
     rngs=rngs,
+    **extra,
   )
 
 
-def train_step(state: ts.TrainState, batch: Batch, base_rng, *, hp: StepHParams):
-  """One pmapped update on the local shard ``batch`` ([per_device, ...] arrays).
+def mlm_capacity(hp: StepHParams, lm_labels_shape: tuple[int, ...]) -> int:
+  """Static number K of MLM decoder slots for [batch, seq_len] labels (``losses.masked_capacity``)."""
+  batch, seq_len = lm_labels_shape
+  return losses.masked_capacity(batch, seq_len, hp.word_mask_rate)
+
+
+def forward_and_objectives(
+  apply_fn,
+  params,
+  inputs: Batch,
+  hp: StepHParams,
+  step,
+  *,
+  deterministic: bool,
+  dropout_rng=None,
+  capacity: int | None = None,
+):
+  """The model and ``objectives``; for pretraining the MLM decoder runs at K slots only.
+
+  The tied MLM decoder (hidden x vocab: ~8% of a base-size train step when it runs at all
+  B x L positions) is applied only at the labelled positions, gathered into K static slots
+  (``losses.mlm_slots``); every other position has no label and adds nothing to the loss, so
+  the MLM ``(sum, denominator)`` is the full decoder's. A batch with more than K labelled
+  positions (K is six sigma above the mean: a ~1e-9 event) takes a ``lax.cond`` branch that
+  decodes every position from the same backbone outputs, so the result is exact for every
+  batch. Other tasks, or K >= B x L: the model and ``objectives`` as they are.
+
+  Args:
+    apply_fn, params: the model's ``apply`` and its params.
+    inputs: the (corrupted) local batch.
+    hp: step settings.
+    step: current (traced) step.
+    deterministic, dropout_rng: as ``forward``.
+    capacity: K; default ``mlm_capacity`` of the batch (a test may force the fallback).
 
   Returns:
-    ``(new_state, metrics)``; metrics are identical on every device: ``loss`` (the weighted
-    total of batch-global means), one ``[sum, count]`` pair per objective (and ``accuracy``
-    for fine-tuning), ``grad_norm`` and ``param_norm``.
+    ``(outputs, pairs, weights)`` as ``forward`` and ``objectives``; for pretraining with slots,
+    ``outputs.prediction_logits`` is [K, vocab].
+  """
+  run = functools.partial(
+    forward, apply_fn, params, inputs, deterministic=deterministic, dropout_rng=dropout_rng
+  )
+  if hp.task != "pretrain" or "mlm" not in dict(hp.weights):
+    outputs = run()
+    return (outputs, *objectives(outputs, inputs, hp, step))
+  lm_labels, example_mask = inputs["lm_labels"], inputs["example_mask"]
+  if capacity is None:
+    capacity = mlm_capacity(hp, lm_labels.shape)
+  if capacity >= lm_labels.size:  # Slots would save nothing.
+    outputs = run()
+    return (outputs, *objectives(outputs, inputs, hp, step))
+  ignore_index = losses.semantics_ignore_index(hp.semantics)
+  slots = losses.mlm_slots(
+    lm_labels, capacity, ignore_index=ignore_index, example_mask=example_mask
+  )
+  outputs = run(mlm_positions=slots.positions)
+
+  def at_slots():
+    return losses.masked_lm_loss(
+      outputs.prediction_logits,
+      slots.labels,
+      ignore_index=ignore_index,
+      example_mask=slots.example_mask,
+    )
+
+  def at_every_position():  # More labelled positions than slots.
+    logits, _ = apply_fn(
+      {"params": params},
+      outputs.language_output,
+      outputs.pooled_output,
+      method="pretraining_heads",
+    )
+    return losses.masked_lm_loss(
+      logits, lm_labels, ignore_index=ignore_index, example_mask=example_mask
+    )
+
+  mlm = jax.lax.cond(slots.count <= capacity, at_slots, at_every_position)
+  return (outputs, *objectives(outputs, inputs, hp, step, mlm=mlm))
+
+
+def dropout_key(rng: jax.Array) -> jax.Array:
+  """A key of the ``rbg`` PRNG (XLA's RngBitGenerator) made from the threefry key ``rng``.
+
+  Dropout draws a random word per activation. jax's default threefry is traced as a chain of
+  integer ops per word, which XLA:CPU evaluates slowly; XLA's own RngBitGenerator makes the
+  base-size train step measurably faster (BENCHMARKS.md). Its bits may differ between backends
+  and XLA versions, so it is used only for dropout masks (same distribution; which stream does
+  not matter); the corruption (masked tokens and boxes, mismatches, QA samples: the training
+  data itself) stays on threefry, reproducible from (seed, step, device) on every backend.
+  """
+  return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+
+
+def loss_and_gradients(state: ts.TrainState, batch: Batch, base_rng, *, hp: StepHParams):
+  """Everything of ``train_step`` but the update: global gradients and the step's metrics.
+
+  Returns:
+    ``(grads, metrics)``: gradients of the batch-global loss (identical on every device) and
+    the metrics ``train_step`` returns.
   """
   # Unique per step and per device, across hosts (scenic's bind_rng_to_host_device).
   rng = jax.random.fold_in(base_rng, state.step)
@@ -139,16 +255,25 @@ def train_step(state: ts.TrainState, batch: Batch, base_rng, *, hp: StepHParams)
   inputs = prepare_inputs(corrupt_rng, batch, hp, AXIS)
 
   def loss_fn(params):
-    outputs = forward(state.apply_fn, params, inputs, deterministic=False, dropout_rng=dropout_rng)
-    pairs, weights = objectives(outputs, inputs, hp, state.step)
+    outputs, pairs, weights = forward_and_objectives(
+      state.apply_fn,
+      params,
+      inputs,
+      hp,
+      state.step,
+      deterministic=False,
+      dropout_rng=dropout_key(dropout_rng),
+    )
     # Dividing the local sum by the GLOBAL denominator makes the psum of the per-device losses
     # (and of their gradients) the batch-global mean.
     global_pairs = {k: (s, jax.lax.psum(d, AXIS)) for k, (s, d) in pairs.items()}
     return losses.weighted_total(global_pairs, weights), (pairs, outputs)
 
   (loss, (pairs, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, AXIS)
-  new_state = state.apply_gradients(grads=grads)
+  # On one device the psum is an identity that XLA still materialises as a copy of every
+  # gradient (an all-reduce into a new buffer, 0.85 GiB at base size).
+  if jax.lax.axis_size(AXIS) > 1:
+    grads = jax.lax.psum(grads, AXIS)
   metrics = {name: jax.lax.psum(_pair(s, d), AXIS) for name, (s, d) in pairs.items()}
   metrics["loss"] = jax.lax.psum(loss, AXIS)
   if hp.task != "pretrain":
@@ -156,12 +281,40 @@ def train_step(state: ts.TrainState, batch: Batch, base_rng, *, hp: StepHParams)
     mask = inputs["example_mask"]
     metrics["accuracy"] = jax.lax.psum(_pair(jnp.sum(score * mask), jnp.sum(mask)), AXIS)
   metrics["grad_norm"] = _global_norm(grads)
-  metrics["param_norm"] = _global_norm(new_state.params)
-  return new_state, metrics
+  return grads, metrics
+
+
+def train_step(state: ts.TrainState, batch: Batch, base_rng, *, hp: StepHParams):
+  """One pmapped update on the local shard ``batch`` ([per_device, ...] arrays).
+
+  Returns:
+    ``(new_state, metrics)``; metrics are identical on every device: ``loss`` (the weighted
+    total of batch-global means), one ``[sum, count]`` pair per objective (and ``accuracy``
+    for fine-tuning) and ``grad_norm``. The parameter norm is not a step metric (it is one more
+    pass over every parameter); the loop computes it when it logs (``param_norm``).
+  """
+  grads, metrics = loss_and_gradients(state, batch, base_rng, hp=hp)
+  return state.apply_gradients(grads=grads), metrics
+
+
+def state_donation() -> tuple[int, ...]:
+  """``donate_argnums`` of the pmapped ``train_step``: the state on GPU/TPU, nothing on CPU.
+
+  Donation lets an accelerator write the new state into the old one's memory. XLA:CPU may run
+  independent thunks concurrently, so a donated buffer read by two fusions (one of which writes
+  its new value) is copied first: at base size 2.55 GiB of moment and param copies per step,
+  and 3x the params of temporaries (BENCHMARKS.md). Without donation the new state goes to fresh
+  buffers instead, which is cheaper there.
+  """
+  return () if jax.default_backend() == "cpu" else (0,)
 
 
 def _global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+# The norm of replicated params (one value per local device); called at log steps only.
+_replicated_global_norm = jax.pmap(_global_norm, axis_name=AXIS)
 
 
 def eval_step(params, batch: Batch, rng, *, apply_fn, hp: StepHParams):
@@ -176,8 +329,9 @@ def eval_step(params, batch: Batch, rng, *, apply_fn, hp: StepHParams):
   """
   rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
   inputs = prepare_inputs(rng, batch, hp, AXIS)
-  outputs = forward(apply_fn, params, inputs, deterministic=True)
-  pairs, _ = objectives(outputs, inputs, hp, step=jnp.iinfo(jnp.int32).max)
+  outputs, pairs, _ = forward_and_objectives(
+    apply_fn, params, inputs, hp, jnp.iinfo(jnp.int32).max, deterministic=True
+  )
   metrics = {name: _pair(s, d) for name, (s, d) in pairs.items()}
   mask = inputs["example_mask"]
   batch_size = mask.shape[0]
@@ -321,18 +475,24 @@ class _TrainLogger:
     """Keeps evaluation and checkpoint time out of examples/s and step time."""
     self.t0 += seconds
 
-  def flush(self, step: int, write: bool) -> dict[str, float]:
-    """Fetches pending metrics; raises FloatingPointError naming the first bad step."""
+  def flush(self, step: int, params, write: bool) -> dict[str, float]:
+    """Fetches pending metrics and the norm of ``params`` (the replicated params after
+    ``step``); raises FloatingPointError naming the first bad step."""
     if not self.pending:
       return self.last
     fetched = jax.device_get([m for _, m in self.pending])
     steps = [s for s, _ in self.pending]
     self.pending = []
-    for s, m in zip(steps, fetched):
-      loss, norm = float(np.asarray(m["loss"])[0]), float(np.asarray(m["param_norm"])[0])
-      if not (math.isfinite(loss) and math.isfinite(norm)):
+    param_norm = float(np.asarray(_replicated_global_norm(params))[0])
+    norms = [None] * (len(steps) - 1) + [param_norm]  # Known after the last pending step only.
+    for s, m, norm in zip(steps, fetched, norms):
+      loss, grad_norm = float(np.asarray(m["loss"])[0]), float(np.asarray(m["grad_norm"])[0])
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)) or (
+        norm is not None and not math.isfinite(norm)
+      ):
         raise FloatingPointError(
-          f"non-finite training loss ({loss}) or params (norm {norm}) at step {s} of "
+          f"non-finite training loss ({loss}), gradients (norm {grad_norm}) or params "
+          f"(norm {norm if norm is not None else 'not computed'}) at step {s} of "
           f"{self.phase}; stopping. Checkpoints were written only before this step."
         )
     if self.step_log is not None:
@@ -349,6 +509,7 @@ class _TrainLogger:
         )
       else:
         out[name] = float(values.mean())
+    out["param_norm"] = param_norm
     now = time.time()
     dt, n = now - self.t0, step - self.step0
     step_time = dt / max(n, 1)
@@ -527,7 +688,7 @@ def _train(config, setup: RunSetup, rstate, train_rng, eval_rng, mngr, writer, e
   p_train_step = jax.pmap(
     functools.partial(train_step, hp=setup.hp),
     axis_name=AXIS,
-    donate_argnums=(0,),
+    donate_argnums=state_donation(),
     in_axes=(0, 0, None),
   )
   layout = pipeline.Layout.from_info(
@@ -566,7 +727,7 @@ def _train(config, setup: RunSetup, rstate, train_rng, eval_rng, mngr, writer, e
         hook(step)
       last = step == setup.total_steps
       if is_time(step, config.log_every_steps) or last:
-        train_metrics = logger.flush(step, write=True)
+        train_metrics = logger.flush(step, rstate.params, write=True)
       do_eval = is_time(step, setup.eval_every) and not last and bool(evaluate.eval_splits(config))
       # The last step is saved by run() together with the final eval metrics.
       preempted = preemption.reached(mngr, step)  # SIGTERM or Orbax's sync point.
@@ -574,7 +735,8 @@ def _train(config, setup: RunSetup, rstate, train_rng, eval_rng, mngr, writer, e
         (is_time(step, config.checkpoint.every_steps) or do_eval) and not last
       )
       if do_eval or do_save:
-        logger.flush(step, write=False)  # Waits for the step; never checkpoint NaN params.
+        # Waits for the step; never checkpoint NaN params.
+        logger.flush(step, rstate.params, write=False)
         t_other = time.time()
         eval_results = None
         if do_eval:

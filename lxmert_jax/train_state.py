@@ -34,6 +34,8 @@ QA_TASKS = ("vqa", "gqa", "easy_vqa")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Modes lxmert_jax.train runs ('demo' is dispatched by lxmert_jax.main).
 MODES = ("pretrain", "finetune", "eval")
+# Fine-tuning QA losses (losses.answer_bce_loss / answer_mce_loss).
+QA_LOSSES = ("bce", "mce")
 
 
 class TrainState(train_state.TrainState):
@@ -124,6 +126,7 @@ class StepHParams:
     qa_start_step: first train step whose QA loss counts (None = from the start).
     word_mask_rate, obj_mask_rate, mismatch_prob: corruption rates (spec 2.3-2.4).
     vocab_size, mask_token_id, special_token_ids: tokenizer facts for MLM corruption.
+    qa_loss: fine-tuning QA loss, ``'bce'`` or ``'mce'`` (``QA_LOSSES``).
   """
 
   task: str
@@ -138,6 +141,7 @@ class StepHParams:
   vocab_size: int = 0
   mask_token_id: int = 103
   special_token_ids: tuple[int, ...] = (0, 101, 102)
+  qa_loss: str = "bce"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,6 +163,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.mode={config.mode!r} does not fit config.task={config.task!r}: "
       "mode 'pretrain' goes with task 'pretrain', 'finetune' with the others"
+    )
+  if config.get("qa_loss", "bce") not in QA_LOSSES:
+    raise ValueError(
+      f"config.qa_loss={config.qa_loss!r} is unknown; expected one of {QA_LOSSES} "
+      "('bce': sigmoid BCE on the soft scores x A, VQA/GQA default; 'mce': softmax CE on the "
+      "best answer x A, the original's GQA --mceLoss)"
     )
   k = config.optim.grad_accum_steps
   if k < 1 or config.batch_size % k:
@@ -279,7 +289,11 @@ def make_setup(config: ml_collections.ConfigDict) -> RunSetup:
   if eval_every is None:
     eval_every = int(round(config.eval.every_epochs * steps_per_epoch))
   tokenizer = info.get("tokenizer", {})
-  hp = StepHParams(task=config.task, num_answers=model_config.num_qa_labels)
+  hp = StepHParams(
+    task=config.task,
+    num_answers=model_config.num_qa_labels,
+    qa_loss=config.get("qa_loss", "bce"),
+  )
   if config.task == "pretrain":
     pre = config.pretrain
     qa_start = int(round(pre.qa_start_epoch * steps_per_epoch)) if pre.qa_start_epoch else None

@@ -216,6 +216,10 @@ def test_config_errors_before_compiling(tmp_path):
   with pytest.raises(ValueError, match="config.task='vqa2' is unknown"):
     train.validate_config(config)
   config = tiny_config(easy_vqa, data_dir, "finetune,tiny")
+  config.qa_loss = "softmax"
+  with pytest.raises(ValueError, match="config.qa_loss='softmax' is unknown"):
+    train.validate_config(config)
+  config = tiny_config(easy_vqa, data_dir, "finetune,tiny")
   config.model.num_qa_labels = 12
   with pytest.raises(ValueError, match="num_qa_labels=12 but .* has 13 answers"):
     train.make_setup(config)
@@ -254,3 +258,23 @@ def test_replicated_state_has_the_train_step_output_layout():
   for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(twice)):
     assert a.sharding == b.sharding
   assert jax_utils.replicate(tree)["w"].sharding != twice["w"].sharding
+
+
+@pytest.mark.parametrize("qa_loss", ["bce", "mce"])
+def test_qa_loss_setting_picks_the_fine_tuning_loss(tmp_path, qa_loss):
+  """``config.qa_loss`` reaches the step: its QA term is that loss of the model's logits."""
+  from lxmert_jax import losses
+
+  config = tiny_config(easy_vqa, make_dataset(tmp_path), "finetune,tiny", qa_loss=qa_loss)
+  setup, state = build(config)
+  assert setup.hp.qa_loss == qa_loss
+  batch = {k: v[0] for k, v in fixed_batch(config, 1).items()}
+  outputs = train.forward(state.apply_fn, state.params, batch, deterministic=True)
+  pairs, _ = train.objectives(outputs, batch, setup.hp, 0)
+  targets = losses.soft_targets(batch["answer_ids"], batch["answer_scores"], setup.hp.num_answers)
+  logits = outputs.question_answering_score
+  want = {"bce": losses.answer_bce_loss, "mce": losses.answer_mce_loss}
+  other = want.pop("mce" if qa_loss == "bce" else "bce")
+  mask = batch["example_mask"]
+  np.testing.assert_allclose(pairs["qa"], want[qa_loss](logits, targets, example_mask=mask))
+  assert not np.allclose(pairs["qa"], other(logits, targets, example_mask=mask))

@@ -33,7 +33,9 @@ def _backbone_fields(output: LxmertModelOutput) -> dict:
 class LxmertForPreTraining(nn.Module):
   """Backbone ``lxmert`` plus ``cls`` (MLM + matching), ``obj_predict_head`` and ``answer_head``.
 
-  The MLM decoder is tied to ``lxmert/embeddings/word_embeddings/embedding``.
+  The MLM decoder is tied to ``lxmert/embeddings/word_embeddings/embedding``. Its logits are
+  computed at every position unless ``mlm_positions`` names the few that have a label (training
+  needs no others; the decoder is ~8% of a base-size train step at every position).
   """
 
   config: LxmertConfig
@@ -57,8 +59,15 @@ class LxmertForPreTraining(nn.Module):
     deterministic: bool = True,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    mlm_positions: Array | None = None,
   ) -> LxmertForPreTrainingOutput:
-    """Same inputs as ``LxmertModel.__call__``; returns backbone fields plus every head output."""
+    """Same inputs as ``LxmertModel.__call__``; returns backbone fields plus every head output.
+
+    Args:
+      mlm_positions: optional [K] int32 flat indices into the ``batch * seq_len`` language
+        positions; ``prediction_logits`` is then [K, vocab] (the decoder runs only there)
+        instead of [batch, seq_len, vocab]. None: every position.
+    """
     out = self.lxmert(
       input_ids,
       visual_feats,
@@ -70,9 +79,8 @@ class LxmertForPreTraining(nn.Module):
       output_hidden_states=output_hidden_states,
       output_attentions=output_attentions,
     )
-    word_embeddings = self.lxmert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-    prediction_logits, cross_relationship_score = self.cls(
-      out.language_output, out.pooled_output, word_embeddings
+    prediction_logits, cross_relationship_score = self.pretraining_heads(
+      out.language_output, out.pooled_output, mlm_positions
     )
     visual = self.obj_predict_head(out.vision_output)
     return LxmertForPreTrainingOutput(
@@ -84,6 +92,29 @@ class LxmertForPreTraining(nn.Module):
       attr_logits=visual["attr"],
       feat_output=visual["feat"],
     )
+
+  def pretraining_heads(
+    self, language_output: Array, pooled_output: Array, mlm_positions: Array | None = None
+  ) -> tuple[Array, Array]:
+    """``cls`` on backbone outputs: MLM and matching logits.
+
+    Also callable on its own (``model.apply(variables, language_output, pooled_output,
+    method='pretraining_heads')``), e.g. to decode every position after a forward pass that
+    decoded only some.
+
+    Args:
+      language_output: [batch, seq_len, hidden].
+      pooled_output: [batch, hidden].
+      mlm_positions: optional [K] flat indices into ``batch * seq_len``.
+
+    Returns:
+      ``(prediction_logits, cross_relationship_score)``: [batch, seq_len, vocab] (or [K, vocab]
+      with ``mlm_positions``) and [batch, 2].
+    """
+    if mlm_positions is not None:
+      language_output = language_output.reshape(-1, language_output.shape[-1])[mlm_positions]
+    word_embeddings = self.lxmert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+    return self.cls(language_output, pooled_output, word_embeddings)
 
 
 class LxmertForQuestionAnswering(nn.Module):
