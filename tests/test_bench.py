@@ -11,7 +11,16 @@ import sys
 
 import pytest
 
-from bench import common, cpu_peak, device_bench, input_pipeline, memory, model_step
+from bench import (
+  common,
+  cpu_peak,
+  device_bench,
+  input_pipeline,
+  memory,
+  model_step,
+  step_parts,
+  variants,
+)
 
 
 def _load(path):
@@ -55,6 +64,40 @@ def test_model_step_tiny_runs_both_sides_alternating(tmp_path):
     assert _positive(record["compile_seconds"][w])
     assert _positive(record["achieved"][f"ours_{w}"]["gflops"])
   assert _positive(record["analytic_flops"]["train"])
+
+
+@pytest.mark.slow
+def test_step_parts_tiny_splits_both_sides(tmp_path):
+  out = tmp_path / "step_parts.json"
+  step_parts.main(["--tiny", "--warmup", "1", "--repeats", "2", "--json", str(out)])
+  data = _load(out)
+  parts = {"ours_grads", "ours_update", "torch_grads", "torch_update"}
+  assert set(data["raw_seconds"]) == parts
+  assert all(len(v) == 2 and all(map(_positive, v)) for v in data["raw_seconds"].values())
+  assert set(data["rates"]) == {
+    f"{side}_{rate}" for side in ("ours", "torch") for rate in ("grads_gflops", "update_gbps")
+  }
+  assert all(map(_positive, data["rates"].values()))
+  # The tiny model's parameter count, as the update's byte count uses it.
+  import jax
+
+  from lxmert_jax.models.tasks import param_shapes
+
+  shapes = param_shapes(common.model_config(True), "pretraining")
+  assert data["num_params"] == sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+# bench.variants measured the step changes before they were adopted; its remaining what-ifs
+# must still run (three tiny train-step compiles).
+@pytest.mark.slow
+def test_variants_tiny_runs_every_variant(tmp_path):
+  out = tmp_path / "variants.json"
+  variants.main(["--tiny", "--batch", "8", "--warmup", "0", "--repeats", "1", "--json", str(out)])
+  data = _load(out)
+  assert set(data["median_seconds"]) == set(variants.VARIANTS)
+  assert data["donated"] == {"project": False, "optimizer_barrier": False, "toggle_donation": True}
+  losses_first = set(data["first_step_loss"].values())
+  assert len(losses_first) == 1 and all(math.isfinite(x) for x in losses_first)
 
 
 @pytest.mark.slow

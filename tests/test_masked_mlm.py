@@ -260,23 +260,6 @@ def test_param_norm_is_computed_at_log_steps_and_checked(monkeypatch):
     logger.flush(6, params, write=False)
 
 
-# bench.variants measured the changes above before they were adopted; its remaining what-ifs
-# must still run (three tiny train-step compiles, hence slow).
-@pytest.mark.slow
-def test_bench_variants_tiny_runs_every_variant(tmp_path):
-  import json
-
-  from bench import variants
-
-  out = tmp_path / "variants.json"
-  variants.main(["--tiny", "--batch", "8", "--warmup", "0", "--repeats", "1", "--json", str(out)])
-  data = json.loads(out.read_text())
-  assert set(data["median_seconds"]) == set(variants.VARIANTS)
-  assert data["donated"] == {"project": False, "optimizer_barrier": False, "toggle_donation": True}
-  losses_first = set(data["first_step_loss"].values())
-  assert len(losses_first) == 1 and all(math.isfinite(x) for x in losses_first)
-
-
 def test_transformers_semantics_marks_unlabelled_targets_with_its_ignore_index(model_and_params):
   """Under ``semantics='transformers'`` the corruption writes -100 (not -1) where there is no
   target, so every loss (MLM at the slots included) ignores exactly the same positions."""
