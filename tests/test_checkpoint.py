@@ -17,12 +17,8 @@ MODEL = tiny_config(l_layers=1, x_layers=1)
 CONFIG = {"task": "easy_vqa", "dont_load": ("x",)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Tiny models: XLA's optimisation passes cost far more than they save (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @functools.cache

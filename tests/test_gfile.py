@@ -11,13 +11,16 @@ import uuid
 
 import numpy as np
 import pytest
-from test_train import _fast_compiles, make_dataset, tiny_config  # noqa: F401 (autouse fixture)
+from test_train import make_dataset, tiny_config
 
 from configs import easy_vqa
 from lxmert_jax import checkpoint as ckpt
 from lxmert_jax import gfile, step_log, train
 from lxmert_jax.data import pipeline
 from tfrecords_tools import shards
+
+# Tiny models: XLA's optimisation passes cost far more than they save (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def ram_dir() -> str:

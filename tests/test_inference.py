@@ -46,13 +46,8 @@ def _images(b, n=NUM_BOXES, seed=0):
   return feats, np.stack([_boxes(rng, n) for _ in range(b)])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  # Compiling is most of this file's time; XLA's optimisation passes do not change what it checks.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny models: XLA's optimisation passes cost far more than they save (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

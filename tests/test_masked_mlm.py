@@ -25,13 +25,8 @@ BATCH, SEQ_LEN, NUM_BOXES = 8, 20, 5
 CLS, SEP, MASK = 1, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  # Tiny models: XLA's optimisation passes cost far more than they save here.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Tiny models: XLA's optimisation passes cost far more than they save (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 CONFIG = tiny_config(l_layers=1, x_layers=1, r_layers=1)

@@ -17,14 +17,8 @@ from lxmert_jax import train_state as ts
 from lxmert_jax.data import pipeline
 from tfrecords_tools import shards
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  # Tiny models: XLA's optimisation passes cost far more than they save here.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# Tiny models: XLA's optimisation passes cost far more than they save (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny_config(module, data_dir, arg="tiny", dropout=False, **overrides):
