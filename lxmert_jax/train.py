@@ -190,15 +190,13 @@ def forward_and_objectives(
   run = functools.partial(
     forward, apply_fn, params, inputs, deterministic=deterministic, dropout_rng=dropout_rng
   )
-  if hp.task != "pretrain" or "mlm" not in dict(hp.weights):
+  decodes_mlm = hp.task == "pretrain" and "mlm" in dict(hp.weights)
+  if decodes_mlm and capacity is None:
+    capacity = mlm_capacity(hp, inputs["lm_labels"].shape)
+  if not decodes_mlm or capacity >= inputs["lm_labels"].size:  # Slots would save nothing.
     outputs = run()
     return (outputs, *objectives(outputs, inputs, hp, step))
   lm_labels, example_mask = inputs["lm_labels"], inputs["example_mask"]
-  if capacity is None:
-    capacity = mlm_capacity(hp, lm_labels.shape)
-  if capacity >= lm_labels.size:  # Slots would save nothing.
-    outputs = run()
-    return (outputs, *objectives(outputs, inputs, hp, step))
   ignore_index = losses.semantics_ignore_index(hp.semantics)
   slots = losses.mlm_slots(
     lm_labels, capacity, ignore_index=ignore_index, example_mask=example_mask
