@@ -112,7 +112,7 @@ def convert(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   c = config.convert
   directory = data_dir(workdir, "scratch")
-  info = easy_vqa_tool.convert_easy_vqa(
+  return easy_vqa_tool.convert_easy_vqa(
     directory,
     num_shards=c.num_shards,
     num_boxes=c.num_boxes,
@@ -120,30 +120,6 @@ def convert(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workers=c.workers or None,
     max_images=c.max_images or None,
   )
-  return add_tokenizer_info(directory, info)
-
-
-def add_tokenizer_info(directory: str, info: dict) -> dict:
-  """Adds the ``tokenizer`` block (vocab size, special ids) that training reads, if missing.
-
-  Training sizes the word embeddings and masks tokens for MLM from ``info['tokenizer']`` (as
-  ``tfrecords_tools/convert.py`` records it); without it MLM would mask with BERT's [MASK]
-  id 103 in a 121-token vocabulary. The ids come from the conversion's own vocab.txt.
-  """
-  from lxmert_jax.data.tokenization import WordPieceTokenizer
-  from tfrecords_tools import shards
-
-  if "mask_id" in info.get("tokenizer", {}):
-    return info
-  vocab = WordPieceTokenizer(os.path.join(directory, info.get("vocab_file", "vocab.txt")))
-  info = dict(info)
-  info["tokenizer"] = {
-    "vocab_size": vocab.vocab_size,
-    "max_seq_length": int(info.get("max_seq_length", vocab.max_seq_length)),
-    **{k: getattr(vocab, k) for k in ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")},
-  }
-  shards.write_info(directory, info)
-  return info
 
 
 def blank_visual(feature) -> None:

@@ -57,6 +57,38 @@ def test_small_conversion_counts_and_info(small):
     assert sum(1 for _ in f) == info["vocab_size"]
 
 
+def test_conversion_alone_sizes_the_model_and_the_mlm_mask(small):
+  """Training straight from the converter's output (docs/demo.md 'One run at a time') reads
+  the vocabulary size and the [MASK] id from the tokenizer block the converter writes."""
+  from configs import easy_vqa
+  from lxmert_jax import train_state
+
+  out, info = small
+  tokenizer = tokenization.WordPieceTokenizer(os.path.join(out, convert.VOCAB_FILE))
+  block = info["tokenizer"]
+  assert block["vocab_size"] == tokenizer.vocab_size == info["vocab_size"]
+  for name in ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id"):
+    assert block[name] == getattr(tokenizer, name)
+  assert tokenizer.convert_ids_to_tokens([block["mask_id"]]) == ["[MASK]"]
+  config = easy_vqa.get_config(f"pretrain,data_dir={out}")
+  assert train_state.resolve_model_config(config, info).vocab_size == tokenizer.vocab_size
+
+
+def test_conversion_without_tokenizer_block_is_rebuilt(small, tmp_path):
+  """A conversion written before the tokenizer block existed is not reused as complete."""
+  out, info = small
+  settings = info["easy_vqa"]["settings"]
+  assert convert.existing_complete(out, settings) is not None
+  copy = tmp_path / "old"
+  copy.mkdir()
+  for name in os.listdir(out):
+    os.symlink(os.path.join(out, name), copy / name)
+  os.remove(copy / schema.INFO_FILE)
+  old = {k: v for k, v in info.items() if k != "tokenizer"}
+  (copy / schema.INFO_FILE).write_text(json.dumps(old))
+  assert convert.existing_complete(str(copy), settings) is None
+
+
 def test_records_hold_questions_answers_and_scaled_features(small):
   out, info = small
   tokenizer = tokenization.WordPieceTokenizer(os.path.join(out, convert.VOCAB_FILE))

@@ -88,6 +88,17 @@ def sha256(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
+def tokenizer_info(tokenizer) -> dict:
+  """dataset_info.json's ``tokenizer`` block, which training reads to size the word embeddings
+  and to mask for MLM: vocab size and hash, sequence length and the special token ids."""
+  return {
+    "vocab_sha256": sha256(tokenizer.vocab_path),
+    "vocab_size": tokenizer.vocab_size,
+    "max_seq_length": tokenizer.max_seq_length,
+    **{k: getattr(tokenizer, k) for k in ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")},
+  }
+
+
 def build_parser(prog: str, description: str, example: str, answers_help: str | None):
   """The flags every converter shares; ``example`` is a complete command shown by --help."""
   parser = argparse.ArgumentParser(

@@ -18,8 +18,8 @@ import numpy as np
 
 from lxmert_jax.data import schema
 from lxmert_jax.data.tokenization import WordPieceTokenizer
-from tfrecords_tools import features_io, shards
-from tfrecords_tools.common import ConversionError, Report, file_provenance, log, sha256
+from tfrecords_tools import common, features_io, shards
+from tfrecords_tools.common import ConversionError, Report, file_provenance, log
 from tfrecords_tools.plan import Plan
 
 ANSWERS_FILE = "answers.json"
@@ -262,12 +262,7 @@ def run_conversion(
   """
   top = {
     "task": task,
-    "tokenizer": {
-      "vocab_sha256": sha256(tokenizer.vocab_path),
-      "vocab_size": tokenizer.vocab_size,
-      "max_seq_length": tokenizer.max_seq_length,
-      **{k: getattr(tokenizer, k) for k in ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")},
-    },
+    "tokenizer": common.tokenizer_info(tokenizer),
     **(top_info or {}),
   }
   if answer_vocab is not None:

@@ -34,7 +34,7 @@ from absl import app, flags, logging
 
 from lxmert_jax.data import schema, tokenization
 from lxmert_jax.easy_vqa import dataset, features, regions
-from tfrecords_tools import shards
+from tfrecords_tools import common, shards
 
 # Bumped whenever the detector, feature layout or record content changes, so that an existing
 # output directory from older code is rebuilt instead of reused.
@@ -85,6 +85,8 @@ def existing_complete(output_dir: str, settings: dict) -> dict | None:
     info = json.load(f)
   block = info.get("easy_vqa", {})
   if not block.get("complete") or block.get("settings") != settings:
+    return None
+  if "mask_id" not in info.get("tokenizer", {}):  # written by a version without the block
     return None
   if info.get("schema_version") != schema.SCHEMA_VERSION:
     return None
@@ -272,6 +274,9 @@ def convert_easy_vqa(
     max_seq_length=max_seq_length,
     object_classes=list(regions.OBJECT_CLASSES),
     attr_classes=list(regions.ATTR_CLASSES),
+    # What training reads to size the word embeddings and to mask for MLM, in the block
+    # tfrecords_tools/convert.py writes (without it MLM would mask with BERT's id 103).
+    tokenizer=common.tokenizer_info(tokenizer),
   )
   info["easy_vqa"] = {
     "settings": settings,
