@@ -68,7 +68,10 @@ def _main_with_clear_errors(argv) -> None:
     main(argv)
   except (ValueError, OSError, KeyError, FloatingPointError) as e:
     logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
+    # One write, starting on a fresh line: background threads (a checkpoint writer that hit
+    # the same fault) may still be printing, and must not glue their text to this line.
+    sys.stderr.write(f"\nerror: {e}\n")
+    sys.stderr.flush()
     sys.exit(1)
 
 

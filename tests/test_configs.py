@@ -100,6 +100,31 @@ def test_cli_reports_bad_config_and_exits_nonzero(tmp_path):
   assert out.returncode != 0 and "no_such_field" in out.stderr
 
 
+def test_cli_error_is_one_write_on_its_own_line(monkeypatch):
+  """Background threads (a failing checkpoint writer) may still print when the run stops: the
+  error must be one write that starts a fresh line, so it cannot be glued to their text."""
+  from lxmert_jax import main as cli
+
+  writes = []
+
+  class Recorder:
+    def write(self, text):
+      writes.append(text)
+
+    def flush(self):
+      pass
+
+  def failing_main(argv):
+    raise OSError("[Errno 27] File too large")
+
+  monkeypatch.setattr(cli, "main", failing_main)
+  monkeypatch.setattr(sys, "stderr", Recorder())
+  with pytest.raises(SystemExit) as exit_info:
+    cli._main_with_clear_errors(["lxmert_jax.main"])
+  assert exit_info.value.code == 1
+  assert writes == ["\nerror: [Errno 27] File too large\n"]
+
+
 def test_validate_config_names_the_numbers(tmp_path):
   config = importlib.import_module("configs.vqa").get_config("tiny")
   config.data.data_dir = str(tmp_path)
