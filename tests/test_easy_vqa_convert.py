@@ -75,7 +75,8 @@ def test_conversion_alone_sizes_the_model_and_the_mlm_mask(small):
 
 
 def test_conversion_without_tokenizer_block_is_rebuilt(small, tmp_path):
-  """A conversion written before the tokenizer block existed is not reused as complete."""
+  """A conversion written before the tokenizer block existed (format version 1) is not reused
+  as complete."""
   out, info = small
   settings = info["easy_vqa"]["settings"]
   assert convert.existing_complete(out, settings) is not None
@@ -85,6 +86,7 @@ def test_conversion_without_tokenizer_block_is_rebuilt(small, tmp_path):
     os.symlink(os.path.join(out, name), copy / name)
   os.remove(copy / schema.INFO_FILE)
   old = {k: v for k, v in info.items() if k != "tokenizer"}
+  old["easy_vqa"] = {**info["easy_vqa"], "settings": {**settings, "format_version": 1}}
   (copy / schema.INFO_FILE).write_text(json.dumps(old))
   assert convert.existing_complete(str(copy), settings) is None
 

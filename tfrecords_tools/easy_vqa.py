@@ -37,8 +37,9 @@ from lxmert_jax.easy_vqa import dataset, features, regions
 from tfrecords_tools import common, shards
 
 # Bumped whenever the detector, feature layout or record content changes, so that an existing
-# output directory from older code is rebuilt instead of reused.
-FORMAT_VERSION = 1
+# output directory from older code is rebuilt instead of reused. 2: dataset_info.json holds the
+# ``tokenizer`` block that training reads.
+FORMAT_VERSION = 2
 VOCAB_FILE = "vocab.txt"
 QUESTIONS_FILE = "{split}_questions.json"
 # An upper bound: easy-VQA's 27 words need only 121 WordPieces, and the trainer stops there.
@@ -85,8 +86,6 @@ def existing_complete(output_dir: str, settings: dict) -> dict | None:
     info = json.load(f)
   block = info.get("easy_vqa", {})
   if not block.get("complete") or block.get("settings") != settings:
-    return None
-  if "mask_id" not in info.get("tokenizer", {}):  # written by a version without the block
     return None
   if info.get("schema_version") != schema.SCHEMA_VERSION:
     return None
